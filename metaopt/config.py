@@ -1,0 +1,98 @@
+"""The one config system: flat YAML files in `configs/` plus `--key value` command-line overrides.
+
+Precedence (last wins): the command's default YAML < `--config FILE` < `--key value` flags. The default
+file defines the set of keys and their types; a key it does not define is an error, so typos never pass
+silently. Every key becomes a flag (`--lr 3e-4`, `--run-dir X`, booleans as `--resume` / `--no-resume`).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metaopt.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping of key: value")
+    return data
+
+
+def _coerce(key: str, value: Any, like: Any, source: str) -> Any:
+    """Cast `value` to the type of the default `like` (None defaults accept anything)."""
+    if like is None or value is None:
+        return value
+    try:
+        if isinstance(like, bool):
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if isinstance(like, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if isinstance(like, float):
+            return float(value)
+        if isinstance(like, list):
+            if isinstance(value, str):
+                value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+            if not isinstance(value, list):
+                raise ValueError
+            return value
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: {key!r} must be {type(like).__name__}, got {value!r}") from None
+
+
+def parse_config(argv: list[str] | None, default: str, description: str,
+                 extra_args: callable = None) -> dict[str, Any]:
+    """Build the run config for a CLI.
+
+    `default` is a path relative to `configs/` (e.g. "codec/default.yaml"). `extra_args(parser)` may add
+    positional arguments that are not config keys; their values are merged into the result.
+    """
+    defaults = read_yaml(CONFIG_DIR / default)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if extra_args:
+        extra_args(parser)
+    parser.add_argument("--config", help=f"YAML file overriding configs/{default}")
+    for key, value in defaults.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"(default: {value})")
+        else:
+            parser.add_argument(flag, dest=key, default=argparse.SUPPRESS, metavar=type(value).__name__.upper()
+                                if value is not None else "VALUE", help=f"(default: {value})")
+    args = vars(parser.parse_args(argv))
+
+    config = dict(defaults)
+    config_file = args.pop("config", None)
+    if config_file:
+        for key, value in read_yaml(config_file).items():
+            if key not in defaults:
+                raise UserError(f"unknown config key {key!r} in {config_file} (known: {', '.join(defaults)})")
+            config[key] = _coerce(key, value, defaults[key], config_file)
+    for key, value in args.items():
+        config[key] = _coerce(key, value, defaults.get(key), "command line") if key in defaults else value
+    return config
+
+
+def save_yaml(config: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
