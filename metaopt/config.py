@@ -2,7 +2,7 @@
 
 Precedence (last wins): the command's default YAML < `--config FILE` < `--key value` flags. The default
 file defines the set of keys and their types; a key it does not define is an error, so typos never pass
-silently. Every key becomes a flag (`--lr 3e-4`, `--run-dir X`, booleans as `--resume` / `--no-resume`).
+silently. Every key becomes a flag (`--lr 3e-4`, `--run-dir X`, booleans as `--resume`, `--resume false` or `--no-resume`).
 """
 from __future__ import annotations
 
@@ -75,8 +75,10 @@ def parse_config(argv: list[str] | None, default: str, description: str,
     for key, value in defaults.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
-            parser.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=f"(default: {value})")
+            parser.add_argument(flag, dest=key, nargs="?", const="true", default=argparse.SUPPRESS,
+                                metavar="BOOL", help=f"(default: {value})")
+            parser.add_argument("--no-" + flag[2:], dest=key, action="store_const", const="false",
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
             parser.add_argument(flag, dest=key, default=argparse.SUPPRESS, metavar=type(value).__name__.upper()
                                 if value is not None else "VALUE", help=f"(default: {value})")

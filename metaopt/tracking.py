@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -78,7 +79,7 @@ class Run:
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb  # lazy: importing wandb costs ~1 s and is not needed when disabled
 
-            run_id = id_file.read_text().strip() if resume and id_file.is_file() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if resume and id_file.is_file() else secrets.token_hex(6)
             id_file.write_text(run_id)
             self.wandb = wandb.init(project=PROJECT, dir=str(self.dir), id=run_id, resume="allow", mode=mode,
                                     config=config, job_type=job_type, group=group, tags=tags, name=name,

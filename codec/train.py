@@ -1,0 +1,204 @@
+"""Train a learned image codec: `python -m codec.train --optimizer adam|sgd|lstm [--key value ...]`.
+
+One loop for every optimizer: the optimizer under study gets the network parameters, CompressAI's
+entropy-bottleneck quantiles always train on their own Adam (aux loss). Outputs in the run directory:
+config.yaml, metrics.jsonl (one row per logged step; W&B mirrors it), checkpoint.pt (latest, atomic),
+best.pt (best validation loss). `--resume` continues exactly: model, both optimizers, RNG and step.
+"""
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from codec.data import CropBatches, center_crop, crop_to, list_images, load_image, pad_to_multiple
+from codec.losses import RateDistortionLoss, ms_ssim_any_size, psnr
+from codec.models import MODELS, PAD_MULTIPLE, build_model, split_parameters
+from metaopt import checkpoint as ckpt_io
+from metaopt.config import parse_config
+from metaopt.errors import UserError, cli_entry
+from metaopt.optimizers import make_optimizer
+from metaopt.tracking import Run
+
+CHECKPOINT_FORMAT = "codec-train-v1"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda requested but no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def check_config(cfg: dict) -> None:
+    if cfg["model"] not in MODELS:
+        raise UserError(f"unknown model {cfg['model']!r}; choose one of: {', '.join(MODELS)}")
+    for key in ("steps", "val_every", "log_every", "checkpoint_every", "val_crop", "threads", "workers"):
+        if cfg[key] < 0:
+            raise UserError(f"{key} must be >= 0, got {cfg[key]}")
+    for key in ("batch_size", "crop", "N", "M", "val_every", "log_every", "checkpoint_every"):
+        if cfg[key] <= 0:
+            raise UserError(f"{key} must be positive, got {cfg[key]}")
+    multiple = 64 if "hyperprior" in cfg["model"] else 16
+    if cfg["crop"] % multiple:
+        raise UserError(f"crop must be a multiple of {multiple} for {cfg['model']}, got {cfg['crop']}")
+    if not cfg["lr"] > 0 or not cfg["aux_lr"] > 0:
+        raise UserError("lr and aux_lr must be positive")
+
+
+def default_run_dir(cfg: dict) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / "codec-train" / f"{stamp}-{cfg['model']}-{cfg['optimizer']}-s{cfg['seed']}"
+
+
+@torch.no_grad()
+def validate(model, loss_fn, images: list[torch.Tensor], device) -> dict[str, float]:
+    """Mean RD loss, bpp (from likelihoods), PSNR and MS-SSIM on the validation images."""
+    model.eval()
+    totals = {"val_loss": 0.0, "val_bpp": 0.0, "val_psnr": 0.0, "val_ms_ssim": 0.0}
+    for image in images:
+        x = image[None].to(device)
+        padded, size = pad_to_multiple(x, PAD_MULTIPLE)
+        out = model(padded)
+        out = {"x_hat": crop_to(out["x_hat"], size).clamp(0, 1), "likelihoods": out["likelihoods"]}
+        terms = loss_fn(out, x)
+        totals["val_loss"] += float(terms["loss"])
+        totals["val_bpp"] += float(terms["bpp"])
+        totals["val_psnr"] += float(psnr(terms["mse"]))
+        totals["val_ms_ssim"] += float(ms_ssim_any_size(out["x_hat"], x).mean())
+    model.train()
+    return {k: v / len(images) for k, v in totals.items()}
+
+
+def _checkpoint(cfg, model, step, **extra) -> dict:
+    return {"format": CHECKPOINT_FORMAT, "model_name": cfg["model"], "model_config": {"N": cfg["N"], "M": cfg["M"]},
+            "model": model.state_dict(), "step": step, "config": cfg, **extra}
+
+
+def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: bool = True) -> dict:
+    """Run (or resume) one training run; returns the final metrics row."""
+    check_config(cfg)
+    device = resolve_device(cfg["device"])
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    latest = run_dir / "checkpoint.pt"
+    if latest.exists() and not cfg["resume"]:
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+    if cfg["resume"] and not latest.exists():
+        raise UserError(f"nothing to resume: {latest} does not exist")
+
+    ckpt_io.seed_everything(cfg["seed"])
+    model = build_model(cfg["model"], cfg["N"], cfg["M"]).to(device)
+    net_params, aux_params = split_parameters(model)
+    optimizer = make_optimizer(cfg["optimizer"], net_params, cfg)
+    aux_optimizer = torch.optim.Adam(aux_params, lr=cfg["aux_lr"])
+    loss_fn = RateDistortionLoss(cfg["lmbda"], cfg["distortion"])
+    batches = CropBatches(list_images(cfg["data"], "train"), cfg["crop"], cfg["batch_size"], cfg["seed"])
+    val_images = [load_image(p) for p in list_images(cfg["data"], "test")]
+    if cfg["val_crop"]:
+        val_images = [center_crop(x, cfg["val_crop"]) for x in val_images]
+
+    step, best_val, elapsed_before, skipped = 0, math.inf, 0.0, 0
+    if cfg["resume"]:
+        state = ckpt_io.load(latest)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{latest} is not a codec training checkpoint")
+        for key in ("model", "N", "M", "optimizer", "distortion", "lmbda", "batch_size", "crop", "seed"):
+            if state["config"][key] != cfg[key]:
+                raise UserError(f"cannot resume: {key} was {state['config'][key]!r}, now {cfg[key]!r}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        aux_optimizer.load_state_dict(state["aux_optimizer"])
+        ckpt_io.set_rng_state(state["rng"])
+        step, best_val = state["step"], state["best_val"]
+        elapsed_before, skipped = state["elapsed"], state["skipped_steps"]
+
+    run = Run(run_dir, cfg, job_type="codec-train", group=group or cfg["group"], tags=[cfg["optimizer"]],
+              resume_step=step if cfg["resume"] else None)
+    # Batches depend only on (seed, step); the loader gets its own generator so that creating it does not
+    # draw from the global RNG (which drives the quantization noise and must resume exactly).
+    loader = DataLoader(batches, batch_size=None, sampler=range(step, cfg["steps"]), num_workers=cfg["workers"],
+                        generator=torch.Generator())
+    started = time.time()
+    row: dict = {}
+
+    def save(path: Path, with_state: bool) -> None:
+        extra = {"best_val": best_val, "elapsed": elapsed_before + time.time() - started, "skipped_steps": skipped}
+        if with_state:
+            extra.update(optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
+                         rng=ckpt_io.rng_state())
+        ckpt_io.atomic_save(_checkpoint(cfg, model, step, **extra), path)
+
+    model.train()
+    progress = tqdm(loader, total=cfg["steps"], initial=step, disable=not show_progress, desc="train",
+                    dynamic_ncols=True)
+    for x in progress:
+        x = x.to(device, non_blocking=True)
+        step_start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        terms = loss_fn(model(x), x)
+        terms["loss"].backward()
+        if not torch.isfinite(terms["loss"]):
+            skipped += 1  # a non-finite loss would poison both optimizers' states: skip the update
+            optimizer.zero_grad(set_to_none=True)
+            opt_time = float("nan")
+        else:
+            if cfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(net_params, cfg["grad_clip"])
+            opt_start = time.perf_counter()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            opt_time = time.perf_counter() - opt_start
+        aux_optimizer.zero_grad(set_to_none=True)
+        aux_loss = model.aux_loss()
+        aux_loss.backward()
+        aux_optimizer.step()
+        step += 1
+        step_time = time.perf_counter() - step_start
+
+        if step % cfg["log_every"] == 0 or step % cfg["val_every"] == 0 or step == cfg["steps"]:
+            row = {"loss": float(terms["loss"]), "bpp": float(terms["bpp"]), "psnr": float(terms["psnr"]),
+                   "mse": float(terms["mse"]), "aux_loss": float(aux_loss), "step_time": step_time,
+                   "opt_step_time": opt_time,
+                   "skipped_steps": skipped, "wall_time": elapsed_before + time.time() - started}
+            if step % cfg["val_every"] == 0 or step == cfg["steps"]:
+                row.update(validate(model, loss_fn, val_images, device))
+                if row["val_loss"] < best_val:
+                    best_val = row["val_loss"]
+                    save(run_dir / "best.pt", with_state=False)
+            row = run.log(row, step)
+            progress.set_postfix(loss=f"{row['loss']:.4f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
+        if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
+            save(latest, with_state=True)
+    progress.close()
+    run.summary({**row, "best_val_loss": best_val})
+    run.finish()
+    return row
+
+
+@cli_entry
+def main(argv=None):
+    cfg = parse_config(argv, "codec/default.yaml", "Train a learned image codec (Ballé 2017/2018, deepened "
+                       "variants) with Adam, SGD or the learned LSTM optimizer.")
+    run_dir = Path(cfg["run_dir"]) if cfg["run_dir"] else None
+    if run_dir is None:
+        if cfg["resume"]:
+            raise UserError("--resume needs --run-dir (the run to continue)")
+        run_dir = default_run_dir(cfg)
+    cfg["run_dir"] = str(run_dir)
+    row = train(cfg, run_dir)
+    print(f"done: {run_dir}  " + "  ".join(f"{k}={row[k]:.4g}" for k in ("loss", "bpp", "psnr", "val_loss",
+                                                                       "val_bpp", "val_psnr") if k in row))
+
+
+if __name__ == "__main__":
+    main()
