@@ -1,0 +1,127 @@
+"""`LSTMOptimizer`: a meta-trained coordinatewise LSTM as a drop-in `torch.optim.Optimizer` for any model.
+
+The `lopt.pt` file format (FORMAT, VERSION) is a dict:
+    {"format": "metaopt-lstm", "version": 1, "config": LSTMConfig as dict, "state_dict": network weights,
+     "lr": nominal step size it was meta-trained with, "meta": free-form provenance}
+Anything else — a missing file, another kind of checkpoint, another version, corrupted bytes, weights that
+do not fit the config — is refused with a one-line `UserError`.
+
+Speed: each parameter group is handled as ONE flat vector (one `torch.cat` of the gradients, the LSTM as
+a few big matmuls, one `_foreach_add_` back into the parameters); no per-coordinate Python work.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from metaopt.checkpoint import atomic_save, load
+from metaopt.errors import UserError
+from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state
+
+FORMAT = "metaopt-lstm"
+VERSION = 1
+PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "lopt.pt"
+
+
+def lopt_blob(net: LSTMOptimizerNet, lr: float, meta: dict | None = None) -> dict:
+    return {"format": FORMAT, "version": VERSION, "config": net.cfg.to_dict(),
+            "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+            "lr": float(lr), "meta": dict(meta or {})}
+
+
+def save_lopt(net: LSTMOptimizerNet, path: str | Path, lr: float, meta: dict | None = None) -> None:
+    atomic_save(lopt_blob(net, lr, meta), path)
+
+
+def load_lopt(lopt: str | Path | dict | None) -> tuple[LSTMOptimizerNet, dict]:
+    """Path (None = the shipped pretrained file) or blob dict -> (network, blob). UserError if unusable."""
+    if lopt is None:
+        lopt = PRETRAINED
+    name = "learned optimizer" if isinstance(lopt, dict) else f"learned optimizer {lopt}"
+    blob = lopt if isinstance(lopt, dict) else load(lopt, what="learned optimizer file")
+    if blob.get("format") != FORMAT:
+        raise UserError(f"{name} is not a learned-optimizer file (expected format {FORMAT!r}; "
+                        f"did you pass a training checkpoint? use RUN_DIR/lopt.pt from metaopt.meta_train)")
+    if blob.get("version") != VERSION:
+        raise UserError(f"{name} has format version {blob.get('version')!r}; this code reads version {VERSION}")
+    try:
+        net = LSTMOptimizerNet(LSTMConfig(**blob["config"]))
+        net.load_state_dict(blob["state_dict"])
+        lr = float(blob["lr"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{name} is incompatible with this code ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not all(torch.isfinite(p).all() for p in net.parameters()):
+        raise UserError(f"{name} contains non-finite weights")
+    return net, {**blob, "lr": lr}
+
+
+class LSTMOptimizer(torch.optim.Optimizer):
+    """Train any model with a meta-trained LSTM optimizer.
+
+    LSTMOptimizer(model.parameters(), lopt=None|path|blob, lr=None, chunk_size=2**20)
+
+    `lr` is the nominal (Adam) step size of the `adam_correction` output; None = the one it was meta-trained
+    with. Parameters whose `.grad` is None at a step are not moved (their coordinates still see a zero
+    gradient, as the flat state covers the whole group). The whole group's state lives, flat, in
+    `self.state[first param of the group]`, so the stock `state_dict`/`load_state_dict` save and restore
+    it; the network weights are saved alongside under "lopt" so a checkpoint is self-contained.
+    """
+
+    def __init__(self, params, lopt=None, lr: float | None = None, chunk_size: int | None = 2**20):
+        self.net, self.blob = load_lopt(lopt)
+        self.net.requires_grad_(False)
+        if lr is None:
+            lr = self.blob["lr"]
+        if not lr > 0:
+            raise UserError(f"lr must be positive, got {lr}")
+        self.chunk_size = chunk_size
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = group["params"]
+            if not params:
+                continue
+            has_grad = [p.grad is not None for p in params]
+            if not any(has_grad):
+                continue
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+            if flat.is_complex() or any(p.grad is not None and p.grad.is_sparse for p in params):
+                raise UserError("LSTMOptimizer supports dense real gradients only")
+            state = self.state[params[0]]
+            if not state:
+                state.update(init_state(self.net.cfg, flat.numel(), flat.device, flat.dtype))
+                self.net.to(device=flat.device, dtype=flat.dtype)
+            update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size)
+            state.update(new)
+            pieces = update.split([p.numel() for p in params])
+            moved = [(p, u.view_as(p)) for p, u, ok in zip(params, pieces, has_grad) if ok]
+            torch._foreach_add_([p for p, _ in moved], [u for _, u in moved])
+        return loss
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["lopt"] = self.blob
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        blob = state_dict.pop("lopt", None)
+        if blob is not None:
+            if blob.get("config") != self.blob.get("config"):
+                raise UserError("optimizer state was saved with a learned optimizer of another architecture")
+            self.net, self.blob = load_lopt(blob)
+            self.net.requires_grad_(False)
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:  # keep the network on the parameters' device/dtype
+            if group["params"]:
+                p = group["params"][0]
+                self.net.to(device=p.device, dtype=p.dtype)
+

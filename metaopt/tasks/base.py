@@ -1,0 +1,80 @@
+"""The Task interface: one sampled training problem, generic over models and data.
+
+A `TaskFamily` samples `Task`s from a seed and a split ("train" tasks for meta-training, "test" tasks —
+held-out data and seeds — for meta-validation). A Task owns a freshly initialised model and says:
+  * which of `model.parameters()` the optimizer under study trains (`net_mask`); the rest are auxiliary
+    parameters fitted by `aux_loss` on their own Adam (`aux_lr`), without any meta-gradient;
+  * the batch for each inner step (`batch(step)`, deterministic in (task seed, step));
+  * the scalar training loss of a model on a batch (`loss(model, batch)`), which must work both on the
+    plain model and on its `higher`-patched functional copy.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+
+class Task:
+    aux_lr: float = 1e-3
+
+    def __init__(self, model: nn.Module, name: str):
+        self.model = model
+        self.name = name
+        self.device = torch.device("cpu")
+
+    def to(self, device) -> "Task":
+        """Move the model; `batch` returns tensors on this device."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def net_mask(self) -> list[bool]:
+        """One bool per `self.model.parameters()` entry: True = trained by the optimizer under study."""
+        return [p.requires_grad for p in self.model.parameters()]
+
+    def batch(self, step: int) -> Any:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def aux_loss(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def train(self, make_opt: Callable[[list[nn.Parameter]], torch.optim.Optimizer], steps: int,
+              diverged_at: float = 1e6) -> list[float]:
+        """Ordinary (non-differentiable) training of a copy of the model; returns the loss before each step.
+
+        Stops early, padding with inf, once the loss is non-finite or `diverged_at` times the initial loss.
+        """
+        model = copy.deepcopy(self.model).train()
+        mask = self.net_mask()
+        params = list(model.parameters())
+        net = [p for p, m in zip(params, mask) if m]
+        aux = [p for p, m in zip(params, mask) if not m and p.requires_grad]
+        opt = make_opt(net)
+        aux_opt = torch.optim.Adam(aux, lr=self.aux_lr) if aux else None
+        losses: list[float] = []
+        for step in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = self.loss(model, self.batch(step))
+            value = loss.item()
+            losses.append(value)
+            if not math.isfinite(value) or value > diverged_at * abs(losses[0]):
+                return losses + [math.inf] * (steps - len(losses))
+            loss.backward()
+            opt.step()
+            if aux_opt is not None:
+                aux_opt.zero_grad(set_to_none=True)
+                self.aux_loss(model).backward()
+                aux_opt.step()
+        return losses
+
+
+class TaskFamily:
+    def sample(self, seed: int, split: str) -> Task:
+        raise NotImplementedError
