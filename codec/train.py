@@ -50,8 +50,10 @@ def check_config(cfg: dict) -> None:
     multiple = 64 if "hyperprior" in cfg["model"] else 16
     if cfg["crop"] % multiple:
         raise UserError(f"crop must be a multiple of {multiple} for {cfg['model']}, got {cfg['crop']}")
-    if not cfg["lr"] > 0 or not cfg["aux_lr"] > 0:
-        raise UserError("lr and aux_lr must be positive")
+    if cfg["lr"] is not None and not (isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0):
+        raise UserError(f"lr must be a positive number (or null for the optimizer's default), got {cfg['lr']!r}")
+    if not cfg["aux_lr"] > 0:
+        raise UserError("aux_lr must be positive")
 
 
 def default_run_dir(cfg: dict) -> Path:
@@ -166,10 +168,10 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         step_time = time.perf_counter() - step_start
 
         if step % cfg["log_every"] == 0 or step % cfg["val_every"] == 0 or step == cfg["steps"]:
-            row = {"loss": float(terms["loss"]), "bpp": float(terms["bpp"]), "psnr": float(terms["psnr"]),
-                   "mse": float(terms["mse"]), "aux_loss": float(aux_loss), "step_time": step_time,
+            row = {name: float(terms[name].detach()) for name in ("loss", "bpp", "psnr", "mse")}
+            row.update({"aux_loss": float(aux_loss.detach()), "step_time": step_time,
                    "opt_step_time": opt_time,
-                   "skipped_steps": skipped, "wall_time": elapsed_before + time.time() - started}
+                   "skipped_steps": skipped, "wall_time": elapsed_before + time.time() - started})
             if step % cfg["val_every"] == 0 or step == cfg["steps"]:
                 row.update(validate(model, loss_fn, val_images, device))
                 if row["val_loss"] < best_val:

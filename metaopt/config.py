@@ -31,7 +31,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def _coerce(key: str, value: Any, like: Any, source: str) -> Any:
-    """Cast `value` to the type of the default `like` (None defaults accept anything)."""
+    """Cast `value` to the type of the default `like`.
+
+    Keys whose default is null accept anything; a command-line string that reads as a number or null
+    (`--lr 3e-4`, `--lopt null`) becomes one.
+    """
+    if like is None and isinstance(value, str):
+        if value.lower() in ("null", "none", "~"):
+            return None
+        for number in (int, float):
+            try:
+                return number(value)
+            except ValueError:
+                pass
+        return value
     if like is None or value is None:
         return value
     try:

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+import torch
+
+from codec.train import main
+from metaopt.tracking import read_metrics
+
+TINY = ["--N", "8", "--M", "12", "--batch-size", "2", "--crop", "64", "--val-crop", "64", "--log-every", "2",
+        "--val-every", "4", "--checkpoint-every", "3", "--no-eval-at-end", "--lr", "1e-3"]
+
+
+def run(tmp_path, image_folder, name, *extra):
+    main(["--data", str(image_folder), "--run-dir", str(tmp_path / name), *TINY, *extra])
+    return tmp_path / name
+
+
+def test_train_writes_config_metrics_and_checkpoints(tmp_path, image_folder):
+    run_dir = run(tmp_path, image_folder, "a", "--steps", "4")
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [2, 4]
+    for key in ("step", "loss", "bpp", "psnr", "wall_time", "opt_step_time", "val_loss", "val_psnr", "val_ms_ssim"):
+        assert key in rows[-1]
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "best.pt").is_file()
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4 and state["model_name"] == "bmshj2018-hyperprior-deep"
+    assert "optimizer" in state and "aux_optimizer" in state and "rng" in state
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, image_folder, optimizer):
+    full = run(tmp_path, image_folder, "full", "--steps", "8", "--optimizer", optimizer)
+    part = run(tmp_path, image_folder, "part", "--steps", "5", "--optimizer", optimizer)
+    run(tmp_path, image_folder, "part", "--steps", "8", "--optimizer", optimizer, "--resume")
+    # the stopped run logged an end-of-run row at step 5 that the uninterrupted run does not have
+    strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k} for r in rows if r["step"] != 5]  # noqa
+    resumed, uninterrupted = strip(read_metrics(part / "metrics.jsonl")), strip(read_metrics(full / "metrics.jsonl"))
+    assert [r["step"] for r in resumed] == [2, 4, 6, 8]
+    assert resumed == uninterrupted
+
+
+def test_refuses_to_overwrite_a_run_without_resume(tmp_path, image_folder, capsys):
+    run(tmp_path, image_folder, "a", "--steps", "1")
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, image_folder, "a", "--steps", "2")
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/nonexistent/folder"], "data folder not found"),
+    (["--model", "bmshj2018-bogus"], "unknown model"),
+    (["--optimizer", "rmsprop"], "unknown optimizer"),
+    (["--steps", "-5"], "steps must be >= 0"),
+    (["--crop", "96"], "multiple of 64"),
+    (["--distortion", "l1"], "unknown distortion"),
+    (["--lr", "fast"], "lr must be"),
+    (["--resume"], "--resume needs --run-dir"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        main(["--steps", "1", *args])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_empty_data_folder_and_unreadable_image(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.png").write_bytes(b"\x89PNG garbage")
+    for folder, message in ((tmp_path / "empty", "no images"), (bad, "cannot read image")):
+        with pytest.raises(SystemExit):
+            main(["--data", str(folder), "--run-dir", str(tmp_path / "r"), *TINY, "--steps", "1"])
+        assert message in capsys.readouterr().err
+
+
+def test_bad_config_key_in_file(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("stepz: 10\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(cfg)])
+    assert e.value.code == 2 and "unknown config key 'stepz'" in capsys.readouterr().err
+
+
+def test_metrics_rows_are_json_per_line(tmp_path, image_folder):
+    run_dir = run(tmp_path, image_folder, "a", "--steps", "2")
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert all(isinstance(json.loads(line), dict) for line in lines)

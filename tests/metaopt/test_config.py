@@ -1,0 +1,33 @@
+import pytest
+
+from metaopt.config import parse_config
+from metaopt.errors import UserError
+
+
+def test_precedence_default_file_then_flags(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("steps: 77\nlmbda: 0.0067\n")
+    cfg = parse_config(["--config", str(cfg_file), "--lmbda", "0.025", "--resume", "--lr", "3e-4"],
+                       "codec/default.yaml", "test")
+    assert cfg["steps"] == 77 and cfg["lmbda"] == 0.025 and cfg["resume"] is True and cfg["lr"] == 3e-4
+    assert parse_config(["--no-eval-at-end"], "codec/default.yaml", "t")["eval_at_end"] is False
+    assert parse_config(["--eval-at-end", "false"], "codec/default.yaml", "t")["eval_at_end"] is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "many"], "'steps' must be int"),
+    (["--steps", "1.5"], "'steps' must be int"),
+    (["--resume", "maybe"], "'resume' must be bool"),
+])
+def test_type_errors(argv, message):
+    with pytest.raises(UserError, match=message):
+        parse_config(argv, "codec/default.yaml", "t")
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        parse_config(["--config", str(tmp_path / "x.yaml")], "codec/default.yaml", "t")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        parse_config(["--config", str(bad)], "codec/default.yaml", "t")
