@@ -108,6 +108,9 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     if cfg["val_crop"]:
         val_images = [center_crop(x, cfg["val_crop"]) for x in val_images]
 
+    # loss/bpp/mse are logged as means over the steps since the previous row (smoother curves, no
+    # cherry-picked single batch); the partial sums are part of the checkpoint so resume stays exact.
+    window = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
     step, best_val, elapsed_before, skipped = 0, math.inf, 0.0, 0
     if cfg["resume"]:
         state = ckpt_io.load(latest)
@@ -121,7 +124,7 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         aux_optimizer.load_state_dict(state["aux_optimizer"])
         ckpt_io.set_rng_state(state["rng"])
         step, best_val = state["step"], state["best_val"]
-        elapsed_before, skipped = state["elapsed"], state["skipped_steps"]
+        elapsed_before, skipped, window = state["elapsed"], state["skipped_steps"], state["window"]
 
     run = Run(run_dir, cfg, job_type="codec-train", group=group or cfg["group"], tags=[cfg["optimizer"]],
               resume_step=step if cfg["resume"] else None)
@@ -133,7 +136,8 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     row: dict = {}
 
     def save(path: Path, with_state: bool) -> None:
-        extra = {"best_val": best_val, "elapsed": elapsed_before + time.time() - started, "skipped_steps": skipped}
+        extra = {"best_val": best_val, "elapsed": elapsed_before + time.time() - started, "skipped_steps": skipped,
+                 "window": dict(window)}
         if with_state:
             extra.update(optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
                          rng=ckpt_io.rng_state())
@@ -160,6 +164,9 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
             if device.type == "cuda":
                 torch.cuda.synchronize()
             opt_time = time.perf_counter() - opt_start
+            for name in ("loss", "bpp", "mse"):
+                window[name] += terms[name].detach()  # no .item() per step: that would sync the GPU
+            window["n"] += 1
         aux_optimizer.zero_grad(set_to_none=True)
         aux_loss = model.aux_loss()
         aux_loss.backward()
@@ -168,16 +175,18 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         step_time = time.perf_counter() - step_start
 
         if step % cfg["log_every"] == 0 or step % cfg["val_every"] == 0 or step == cfg["steps"]:
-            row = {name: float(terms[name].detach()) for name in ("loss", "bpp", "psnr", "mse")}
-            row.update({"aux_loss": float(aux_loss.detach()), "step_time": step_time,
-                   "opt_step_time": opt_time,
-                   "skipped_steps": skipped, "wall_time": elapsed_before + time.time() - started})
+            row = {name: float(window[name]) / window["n"] if window["n"] else float("nan")
+                   for name in ("loss", "bpp", "mse")}
+            row.update(psnr=psnr(row["mse"]), aux_loss=float(aux_loss.detach()), step_time=step_time,
+                       opt_step_time=opt_time, skipped_steps=skipped,
+                       wall_time=elapsed_before + time.time() - started)
             if step % cfg["val_every"] == 0 or step == cfg["steps"]:
                 row.update(validate(model, loss_fn, val_images, device))
                 if row["val_loss"] < best_val:
                     best_val = row["val_loss"]
                     save(run_dir / "best.pt", with_state=False)
             row = run.log(row, step)
+            window = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
             progress.set_postfix(loss=f"{row['loss']:.4f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
         if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
             save(latest, with_state=True)

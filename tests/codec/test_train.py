@@ -30,10 +30,9 @@ def test_train_writes_config_metrics_and_checkpoints(tmp_path, image_folder):
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, image_folder, optimizer):
     full = run(tmp_path, image_folder, "full", "--steps", "8", "--optimizer", optimizer)
-    part = run(tmp_path, image_folder, "part", "--steps", "5", "--optimizer", optimizer)
+    part = run(tmp_path, image_folder, "part", "--steps", "4", "--optimizer", optimizer)
     run(tmp_path, image_folder, "part", "--steps", "8", "--optimizer", optimizer, "--resume")
-    # the stopped run logged an end-of-run row at step 5 that the uninterrupted run does not have
-    strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k} for r in rows if r["step"] != 5]  # noqa
+    strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k} for r in rows]  # noqa: E731
     resumed, uninterrupted = strip(read_metrics(part / "metrics.jsonl")), strip(read_metrics(full / "metrics.jsonl"))
     assert [r["step"] for r in resumed] == [2, 4, 6, 8]
     assert resumed == uninterrupted
