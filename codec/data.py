@@ -1,8 +1,12 @@
 """Images in, tensors out: robust loading, train/test splits, and deterministic random-crop batches.
 
-Any folder works: CompressAI's `ImageFolder` layout (`DIR/train/`, `DIR/test/`) or a flat folder (the last
-10% of its sorted files, at least one, are the test split). With no folder, the colour photos that
-scikit-image ships are the built-in data set, with two held out for validation.
+Any folder works: CompressAI's `ImageFolder` layout (`DIR/train/`, `DIR/test/`, optionally `DIR/meta/`) or a
+flat folder (the last 10% of its sorted files, at least one, are the test split). With no folder, the
+colour photos that scikit-image ships are the built-in data set, split three ways so that a learned
+optimizer can be judged on images it never saw:
+    meta   images the learned optimizer is meta-trained on (a folder without meta/ uses its train split)
+    train  images codecs are trained on (codec.train, metaopt.compare)
+    test   held-out validation images (codec validation, Adam's LR selection in metaopt.compare)
 
 Batches are a pure function of (seed, step): resuming at step t reproduces exactly the batches an
 uninterrupted run would have seen, with no sampler state to save, and any number of loader workers.
@@ -25,12 +29,13 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 # 64 Mpixel: larger than any training photo, small enough that a forged header cannot exhaust memory.
 Image.MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
-# scikit-image's bundled colour photographs (no download needed). coffee and rocket are held out.
+# scikit-image's bundled colour photographs (no download needed), split three ways (see above).
 BUILTIN_SPLITS = {
-    "train": ["astronaut.png", "chelsea.png", "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png",
-              "motorcycle_right.png", "retina.jpg"],
+    "meta": ["astronaut.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg"],
+    "train": ["chelsea.png", "motorcycle_left.png", "motorcycle_right.png"],
     "test": ["coffee.png", "rocket.jpg"],
 }
+SPLITS = tuple(BUILTIN_SPLITS)
 
 
 def builtin_images(split: str) -> list[Path]:
@@ -41,14 +46,16 @@ def builtin_images(split: str) -> list[Path]:
 
 
 def list_images(folder: str | Path | None, split: str) -> list[Path]:
-    """Image paths of `split` ("train" or "test") in `folder` (None = the built-in photos)."""
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    """Image paths of `split` ("meta", "train" or "test") in `folder` (None = the built-in photos)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if folder is None:
         return builtin_images(split)
     root = Path(folder)
     if not root.is_dir():
         raise UserError(f"data folder not found: {root}")
+    if split == "meta" and not (root / "meta").is_dir():
+        split = "train"
     if (root / "train").is_dir() or (root / "test").is_dir():
         sub = root / split
         if not sub.is_dir():

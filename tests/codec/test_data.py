@@ -9,15 +9,17 @@ from tests.conftest import write_image
 
 
 def test_builtin_splits_are_disjoint_colour_photos():
-    train, test = list_images(None, "train"), list_images(None, "test")
-    assert len(train) >= 5 and len(test) >= 2
-    assert not {p.name for p in train} & {p.name for p in test}
-    assert all(p.is_file() for p in train + test)
+    splits = {s: list_images(None, s) for s in ("meta", "train", "test")}
+    names = [p.name for paths in splits.values() for p in paths]
+    assert len(names) == len(set(names)) == 9
+    assert all(p.is_file() for paths in splits.values() for p in paths)
+    assert all(load_image(paths[0]).shape[0] == 3 for paths in splits.values())
 
 
 def test_image_folder_and_flat_layouts(image_folder, tmp_path):
     assert [p.name for p in list_images(image_folder, "train")] == ["a.png", "b.jpg", "c.png"]
     assert [p.name for p in list_images(image_folder, "test")] == ["d.png"]
+    assert list_images(image_folder, "meta") == list_images(image_folder, "train")  # no meta/: use train
     flat = tmp_path / "flat"
     flat.mkdir()
     for i in range(12):
