@@ -53,10 +53,14 @@ class CodecFamily(TaskFamily):
         self.lmbda_range = (lmbda_min, lmbda_max)
         self.kwargs = dict(distortion=distortion, crop=crop, batch_size=batch_size, data=data, aux_lr=aux_lr)
 
+    # Meta-training tasks crop the "meta" images; meta-validation ("test" tasks) crops the codec "train"
+    # images, so neither sees the "test" images that metaopt.compare tunes Adam's LR on (codec/data.py).
+    IMAGE_SPLIT = {"train": "meta", "test": "train"}
+
     def sample(self, seed: int, split: str) -> CodecTask:
         seed = seed if split == "train" else 10**6 + seed
         rng = random.Random(seed)
         N, M = rng.choice(self.sizes)
         lo, hi = self.lmbda_range
         lmbda = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        return CodecTask(rng.choice(self.models), N, M, lmbda, split=split, seed=seed, **self.kwargs)
+        return CodecTask(rng.choice(self.models), N, M, lmbda, split=self.IMAGE_SPLIT[split], seed=seed, **self.kwargs)
