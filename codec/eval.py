@@ -85,7 +85,18 @@ def evaluate_checkpoint(model: nn.Module, model_name: str, model_config: dict,
     Returns {"mean": {...}, "per_image": [{...}, ...]} with the keys of METRICS plus "bytes",
     "bpp-likelihood", "height", "width", "name". Used by `codec.train` to log the final RD point.
     """
+    was_training = model.training
     model.eval()
+    try:
+        per_image = _evaluate(model, model_name, model_config, images)
+    finally:
+        model.train(was_training)  # codec.train may call this mid-run
+    if not per_image:
+        raise UserError("no images to evaluate")
+    return {"mean": mean_of(per_image), "per_image": per_image}
+
+
+def _evaluate(model: nn.Module, model_name: str, model_config: dict, images) -> list[dict]:
     device = next(model.parameters()).device
     bitstream.prepare(model)  # one-time CDF tables + fingerprint: not part of per-image coding time
     per_image = []
@@ -105,9 +116,7 @@ def evaluate_checkpoint(model: nn.Module, model_name: str, model_config: dict,
                   **image_metrics(x, bitstream.to_uint8(x_hat)),
                   "encoding_time": encoded - start, "decoding_time": decoded - encoded}
         per_image.append(record)
-    if not per_image:
-        raise UserError("no images to evaluate")
-    return {"mean": mean_of(per_image), "per_image": per_image}
+    return per_image
 
 
 def compressai_layout(name: str, description: str, points: Sequence[dict], extra_keys: Sequence[str] = ()) -> dict:

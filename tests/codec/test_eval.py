@@ -1,0 +1,143 @@
+"""The compress/decompress CLI and codec.eval, driven through `main([...])` as a user would."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from codec import bitstream
+from codec.__main__ import main as codec_main
+from codec.eval import evaluate_checkpoint
+from codec.eval import main as eval_main
+from codec.models import build_model, load_model
+from tests.conftest import write_image
+
+
+def save_checkpoint(path, name="bmshj2018-hyperprior", seed=0, N=8, M=12):
+    torch.manual_seed(seed)
+    model = build_model(name, N, M)
+    torch.save({"model_name": name, "model_config": {"N": N, "M": M}, "model": model.state_dict(),
+                "step": 0, "config": {}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "I;16"])
+def test_cli_round_trip_odd_sizes_and_modes(tmp_path, ckpt, capsys, mode):
+    src = write_image(tmp_path / "in.png", 37, 50, mode=mode)
+    codec_main(["compress", str(src), str(tmp_path / "x.bin"), "--checkpoint", str(ckpt), "--device", "cpu"])
+    codec_main(["decompress", str(tmp_path / "x.bin"), str(tmp_path / "out.png"), "--checkpoint", str(ckpt)])
+    out = capsys.readouterr().out
+    size = (tmp_path / "x.bin").stat().st_size
+    assert f"{size} bytes, 50x37, {8 * size / (37 * 50):.4f} bpp" in out
+    decoded = np.asarray(Image.open(tmp_path / "out.png"))
+    assert decoded.shape == (37, 50, 3) and decoded.dtype == np.uint8
+    # The PNG holds exactly what the library decodes from the file.
+    model, _ = load_model(ckpt)
+    expected = bitstream.to_uint8(bitstream.decode(model, "bmshj2018-hyperprior", {"N": 8, "M": 12},
+                                                   (tmp_path / "x.bin").read_bytes()))
+    assert np.array_equal(decoded, expected.numpy())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png", "x.bin"]  # no temp files left
+
+
+def _fails(argv, capsys, match, output):
+    with pytest.raises(SystemExit) as exc:
+        codec_main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert match in err, err
+    assert not output.exists()
+    assert not list(output.parent.glob(f".{output.name}.*"))  # no temporary file either
+
+
+def test_cli_bad_inputs_exit_cleanly(tmp_path, ckpt, capsys):
+    src = write_image(tmp_path / "in.png", 64, 64)
+    good = tmp_path / "good.bin"
+    codec_main(["compress", str(src), str(good), "--checkpoint", str(ckpt)])
+    data = good.read_bytes()
+    capsys.readouterr()
+    other_model = save_checkpoint(tmp_path / "f.pt", name="bmshj2018-factorized")
+    other_ckpt = save_checkpoint(tmp_path / "other.pt", seed=1)
+    flipped = bytearray(data)
+    flipped[-10] ^= 0x01
+    cases = {"empty.bin": (b"", "empty"), "trunc.bin": (data[: len(data) // 2], "truncated"),
+             "flip.bin": (bytes(flipped), "checksum"), "foreign.bin": (src.read_bytes(), "magic")}
+    out = tmp_path / "out.png"
+    for filename, (content, match) in cases.items():
+        (tmp_path / filename).write_bytes(content)
+        _fails(["decompress", str(tmp_path / filename), str(out), "--checkpoint", str(ckpt)], capsys, match, out)
+    _fails(["decompress", str(good), str(out), "--checkpoint", str(other_model)], capsys, "made by model", out)
+    _fails(["decompress", str(good), str(out), "--checkpoint", str(other_ckpt)], capsys, "different checkpoint", out)
+    _fails(["decompress", str(good), str(out), "--checkpoint", str(tmp_path / "nope.pt")], capsys, "not found", out)
+    _fails(["decompress", str(tmp_path / "nope.bin"), str(out), "--checkpoint", str(ckpt)], capsys, "not found", out)
+    (tmp_path / "broken.png").write_bytes(src.read_bytes()[:40])
+    _fails(["compress", str(tmp_path / "broken.png"), str(tmp_path / "o.bin"), "--checkpoint", str(ckpt)],
+           capsys, "cannot read image", tmp_path / "o.bin")
+    _fails(["compress", str(src), str(tmp_path / "o.bin"), "--checkpoint", str(tmp_path / "nope.pt")],
+           capsys, "checkpoint not found", tmp_path / "o.bin")
+    # A failed decompress must not clobber an existing output either.
+    out.write_bytes(b"keep")
+    with pytest.raises(SystemExit):
+        codec_main(["decompress", str(tmp_path / "trunc.bin"), str(out), "--checkpoint", str(ckpt)])
+    assert out.read_bytes() == b"keep"
+
+
+def test_evaluate_checkpoint_measures_every_image(ckpt):
+    model, meta = load_model(ckpt)
+    images = [torch.rand(3, 40, 60), torch.rand(3, 170, 180)]
+    result = evaluate_checkpoint(model, meta["model_name"], meta["model_config"], images)
+    small, large = result["per_image"]
+    assert small["ms-ssim-rgb"] is None  # below pytorch-msssim's 161-px minimum for the standard window
+    assert 0 < large["ms-ssim-rgb"] <= 1
+    assert large["ms-ssim-rgb-db"] == pytest.approx(-10 * np.log10(1 - large["ms-ssim-rgb"]))
+    assert result["mean"]["ms-ssim-rgb"] == large["ms-ssim-rgb"]
+    assert result["mean"]["bpp"] == pytest.approx((small["bpp"] + large["bpp"]) / 2)
+    for record, x in zip(result["per_image"], images):
+        assert record["bpp"] == pytest.approx(8 * record["bytes"] / (x.shape[1] * x.shape[2]))
+        decoded = bitstream.decode(model, meta["model_name"], meta["model_config"],
+                                   bitstream.encode(model, meta["model_name"], meta["model_config"], x))
+        mse = ((bitstream.to_uint8(x).double() - bitstream.to_uint8(decoded).double()) ** 2).mean()
+        assert record["psnr-rgb"] == pytest.approx(10 * np.log10(255**2 / mse.item()))
+        assert record["encoding_time"] > 0 and record["decoding_time"] > 0
+
+
+def test_eval_cli_writes_compressai_layout(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_image(folder / "a.png", 170, 200, seed=1)
+    write_image(folder / "b.png", 48, 80, mode="L", seed=2)
+    ckpts = [save_checkpoint(tmp_path / f"{i}.pt", seed=i) for i in range(2)]
+    out = tmp_path / "res" / "results.json"
+    eval_main(["--checkpoint", ",".join(map(str, ckpts)), "--data", str(folder), "--split", "test",
+               "--out", str(out), "--baselines", "jpeg", "--plot", str(tmp_path / "rd.png"), "--device", "cpu"])
+    report = json.loads(out.read_text())
+    assert report["name"] == "metaopt-codec" and report["description"]
+    results = report["results"]
+    for key in ("psnr-rgb", "ms-ssim-rgb", "ms-ssim-rgb-db", "bpp", "bpp-likelihood", "encoding_time", "decoding_time"):
+        assert len(results[key]) == 2, key
+    assert results["bpp"] == sorted(results["bpp"])
+    assert [c["mean"]["bpp"] for c in report["checkpoints"]] == results["bpp"]
+    assert len(report["checkpoints"][0]["per_image"]) == 1  # flat folder: last 10% (one image) is the test split
+    jpeg = json.loads((tmp_path / "res" / "results.jpeg.json").read_text())
+    assert jpeg == report["baselines"]["jpeg"] and jpeg["name"] == "JPEG"
+    assert len(jpeg["results"]["bpp"]) == 8 and jpeg["results"]["bpp"] == sorted(jpeg["results"]["bpp"])
+    assert set(report["bd_rate"]["jpeg"]) == {"psnr-rgb", "ms-ssim-rgb-db"}
+    assert (tmp_path / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_cli_errors(tmp_path, capsys, ckpt):
+    for argv, match in [([], "--checkpoint is required"),
+                        (["--checkpoint", str(ckpt), "--baselines", "gif"], "unknown baseline"),
+                        (["--checkpoint", str(tmp_path / "x.pt"), "--max-images", "1"], "checkpoint not found")]:
+        with pytest.raises(SystemExit) as exc:
+            eval_main(argv + ["--out", str(tmp_path / "r.json")])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and match in err and err.count("\n") == 1, err
+    assert not (tmp_path / "r.json").exists()
+
