@@ -22,7 +22,7 @@ from codec.models import MODELS, PAD_MULTIPLE, build_model, split_parameters
 from metaopt import checkpoint as ckpt_io
 from metaopt.config import parse_config
 from metaopt.errors import UserError, cli_entry
-from metaopt.optimizers import make_optimizer
+from metaopt.optimizers import OPTIMIZERS, make_optimizer
 from metaopt.tracking import Run
 
 CHECKPOINT_FORMAT = "codec-train-v1"
@@ -196,10 +196,29 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     return row
 
 
+DESCRIPTION = ("Train a learned image codec (Ballé 2017/2018, deepened variants) with Adam, SGD or the learned "
+               "LSTM optimizer.")
+
+
+def config_from_argv(argv=None) -> dict:
+    """Parse and validate a codec.train command line (also used by the offline sweep runner)."""
+    cfg = parse_config(argv, "codec/default.yaml", DESCRIPTION)
+    check_config(cfg)
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {cfg['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    return cfg
+
+
+def default_config(**overrides) -> dict:
+    """The default codec.train config with `overrides` applied (for programmatic callers)."""
+    cfg = {**parse_config([], "codec/default.yaml", DESCRIPTION), **overrides}
+    check_config(cfg)
+    return cfg
+
+
 @cli_entry
 def main(argv=None):
-    cfg = parse_config(argv, "codec/default.yaml", "Train a learned image codec (Ballé 2017/2018, deepened "
-                       "variants) with Adam, SGD or the learned LSTM optimizer.")
+    cfg = config_from_argv(argv)
     run_dir = Path(cfg["run_dir"]) if cfg["run_dir"] else None
     if run_dir is None:
         if cfg["resume"]:

@@ -30,6 +30,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _scalar(text: str) -> Any:
+    """A command-line word as null, int, float or string (YAML 1.1 would leave "1e-3" a string)."""
+    if text.lower() in ("null", "none", "~"):
+        return None
+    for number in (int, float):
+        try:
+            return number(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _coerce(key: str, value: Any, like: Any, source: str) -> Any:
     """Cast `value` to the type of the default `like`.
 
@@ -37,14 +49,7 @@ def _coerce(key: str, value: Any, like: Any, source: str) -> Any:
     (`--lr 3e-4`, `--lopt null`) becomes one.
     """
     if like is None and isinstance(value, str):
-        if value.lower() in ("null", "none", "~"):
-            return None
-        for number in (int, float):
-            try:
-                return number(value)
-            except ValueError:
-                pass
-        return value
+        return _scalar(value)
     if like is None or value is None:
         return value
     try:
@@ -64,7 +69,7 @@ def _coerce(key: str, value: Any, like: Any, source: str) -> Any:
             return float(value)
         if isinstance(like, list):
             if isinstance(value, str):
-                value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+                value = [_scalar(v.strip()) for v in value.strip().strip("[]").split(",") if v.strip()]
             if not isinstance(value, list):
                 raise ValueError
             return value

@@ -1,0 +1,372 @@
+"""LSTM vs LR-tuned Adam: `python -m metaopt.compare [--lopt PATH] [--seeds N] [--steps T] ...`.
+
+1. Tune Adam: one run per learning rate of the grid (seed `tune_seed`, T steps); the LR with the lowest
+   validation RD loss on the held-out "test" images wins. A default Adam proves nothing.
+2. Run every optimizer x seed for T steps on the same held-out codec task (tuned Adam; the others at their
+   defaults), each a full `codec.train` run logged to W&B with a shared group, job_type "compare" and
+   tags [optimizer].
+3. Analyse the runs' own metrics.jsonl: target loss = tuned Adam's final training loss (mean over seeds),
+   steps and seconds to reach it per run, median ratios other/Adam, losses at 1x/5x/10x the learned
+   optimizer's meta-training horizon, divergence flags. Write summary.json, report.md and
+   convergence.png (vs step and vs wall time, mean and min-max band over seeds, log scale), and log them
+   to W&B as a "compare-report" run.
+
+Resumable: finished runs (RUN/done.json) are skipped, interrupted ones resume from their checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from codec.train import default_config, train  # noqa: E402
+from metaopt.config import parse_config  # noqa: E402
+from metaopt.errors import UserError, cli_entry  # noqa: E402
+from metaopt.optimizers import OPTIMIZERS  # noqa: E402
+from metaopt.tracking import Run, read_metrics  # noqa: E402
+
+CODEC_KEYS = ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_size", "log_every", "val_crop",
+              "device", "threads")
+
+
+# -- configuration -------------------------------------------------------------------------------------
+def parse_seeds(value) -> list[int]:
+    """`3` -> [0, 1, 2]; `[4, 7]` or "4,7" -> [4, 7]; anything else is an error."""
+    if isinstance(value, bool):
+        raise UserError(f"seeds must be a count or a list of integers, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise UserError(f"seeds must be at least 1, got {value}")
+        return list(range(value))
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise UserError(f"seeds must be a count or a list of integers, got {value!r}")
+    seeds = []
+    for item in items:
+        try:
+            if isinstance(item, float) or (isinstance(item, str) and not item.strip().lstrip("-").isdigit()):
+                raise ValueError
+            seeds.append(int(item))
+        except (TypeError, ValueError):
+            raise UserError(f"seeds must be integers, got {item!r} in {value!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"seeds must be distinct, got {seeds}")
+    return seeds
+
+
+def check_config(cfg: dict) -> dict:
+    """Validate everything before the first run starts; returns the derived plan."""
+    optimizers = cfg["optimizers"]
+    if not optimizers:
+        raise UserError("optimizers is empty")
+    unknown = [o for o in optimizers if o not in OPTIMIZERS]
+    if unknown:
+        raise UserError(f"unknown optimizer(s) {unknown}; choose from: {', '.join(OPTIMIZERS)}")
+    if "adam" not in optimizers:
+        raise UserError("optimizers must include adam: it is the tuned baseline that defines the target loss")
+    if not cfg["adam_lrs"]:
+        raise UserError("adam_lrs is empty: Adam must be tuned over a grid of learning rates")
+    for lr in cfg["adam_lrs"]:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise UserError(f"adam_lrs must be positive numbers, got {lr!r}")
+    if cfg["steps"] <= 0:
+        raise UserError(f"steps must be positive, got {cfg['steps']}")
+    seeds = parse_seeds(cfg["seeds"])
+    if cfg["tune_seed"] in seeds:
+        raise UserError(f"tune_seed {cfg['tune_seed']} is one of the reported seeds; pick another")
+    codec_cfg = codec_config(cfg, optimizer="adam", lr=cfg["adam_lrs"][0], seed=cfg["tune_seed"])
+    if "lstm" in optimizers:
+        from metaopt.optim import load_lopt
+
+        load_lopt(cfg["lopt"])  # fail now, not after an hour of Adam runs
+    return {"seeds": seeds, "codec": codec_cfg}
+
+
+def codec_config(cfg: dict, optimizer: str, lr, seed: int) -> dict:
+    steps = cfg["steps"]
+    return default_config(**{k: cfg[k] for k in CODEC_KEYS}, optimizer=optimizer, lr=lr, seed=seed,
+                          lopt=cfg["lopt"], steps=steps, val_every=steps, checkpoint_every=max(1, steps // 10),
+                          eval_at_end=False, group=cfg["group"])
+
+
+def meta_horizon(cfg: dict) -> int | None:
+    if cfg["horizon"]:
+        return int(cfg["horizon"])
+    if "lstm" not in cfg["optimizers"]:
+        return None
+    from metaopt.optim import load_lopt
+
+    meta = load_lopt(cfg["lopt"])[1].get("meta", {})
+    horizon = meta.get("horizon") or meta.get("config", {}).get("horizon_max")
+    return int(horizon) if horizon else None
+
+
+# -- running -------------------------------------------------------------------------------------------
+def run_one(run_dir: Path, codec_cfg: dict, group: str) -> dict:
+    """Train (or resume, or skip if finished) one codec run; returns its final metrics row."""
+    done = run_dir / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    cfg = {**codec_cfg, "run_dir": str(run_dir), "resume": (run_dir / "checkpoint.pt").is_file()}
+    print(f"[compare] {run_dir.name}: {cfg['optimizer']} lr={cfg['lr']} seed={cfg['seed']}"
+          + (" (resuming)" if cfg["resume"] else ""), flush=True)
+    row = train(cfg, run_dir, group=group, show_progress=False)
+    done.write_text(json.dumps(row))
+    return row
+
+
+def lr_tag(lr) -> str:
+    return "default" if lr is None else f"{lr:g}"
+
+
+def run_compare(cfg: dict, run_dir: Path) -> dict:
+    plan = check_config(cfg)
+    group = cfg["group"] or run_dir.name
+    cfg = {**cfg, "group": group}
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    tuning = {}
+    for lr in cfg["adam_lrs"]:
+        row = run_one(run_dir / "tune" / f"adam-lr{lr_tag(lr)}",
+                      codec_config(cfg, "adam", lr, cfg["tune_seed"]), group)
+        tuning[lr] = row.get("val_loss", math.inf) if _finite(row.get("val_loss")) else math.inf
+    best_lr = min(tuning, key=tuning.get)
+    if not math.isfinite(tuning[best_lr]):
+        raise UserError("every Adam learning rate of the grid diverged; widen adam_lrs")
+
+    runs: dict[str, dict[int, Path]] = {}
+    for optimizer in cfg["optimizers"]:
+        lr = best_lr if optimizer == "adam" else None
+        for seed in plan["seeds"]:
+            path = run_dir / "runs" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}"
+            run_one(path, codec_config(cfg, optimizer, lr, seed), group)
+            runs.setdefault(optimizer, {})[seed] = path
+    summary = summarize(cfg, runs, tuning, best_lr, meta_horizon(cfg))
+    write_outputs(cfg, run_dir, summary, runs)
+    return summary
+
+
+# -- analysis ------------------------------------------------------------------------------------------
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def curve(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, training loss, wall seconds) from a run's metrics.jsonl; non-finite losses become inf."""
+    rows = read_metrics(path / "metrics.jsonl")
+    steps = np.array([r["step"] for r in rows], dtype=float)
+    loss = np.array([r["loss"] if _finite(r["loss"]) else math.inf for r in rows], dtype=float)
+    wall = np.array([r["wall_time"] for r in rows], dtype=float)
+    return steps, loss, wall
+
+
+def first_reach(steps, values, target) -> float | None:
+    hit = np.nonzero(values <= target)[0]
+    return float(steps[hit[0]]) if len(hit) else None
+
+
+def loss_at(steps, loss, step) -> float | None:
+    """The logged (window-mean) loss at the first logged step >= `step`."""
+    idx = np.nonzero(steps >= step)[0]
+    return float(loss[idx[0]]) if len(idx) else None
+
+
+def _median_or_inf(values) -> float:
+    return statistics.median([math.inf if v is None else v for v in values])
+
+
+def _ratio(a: float, b: float) -> float | None:
+    if math.isinf(a) and math.isinf(b):
+        return None
+    return a / b if b else None
+
+
+def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuning: dict, best_lr: float,
+              horizon: int | None) -> dict:
+    curves = {opt: {seed: curve(path) for seed, path in by_seed.items()} for opt, by_seed in runs.items()}
+    adam_final = [c[1][-1] for c in curves["adam"].values()]
+    target = float(np.mean(adam_final)) if all(map(math.isfinite, adam_final)) else math.inf
+    T = cfg["steps"]
+    checkpoints = ([horizon, 5 * horizon, 10 * horizon] if horizon else [max(1, T // 10), max(1, T // 2), T])
+    checkpoints = [s for s in checkpoints if s <= T]
+
+    per_opt = {}
+    for opt, by_seed in curves.items():
+        entry = {"seeds": {}}
+        for seed, (steps, loss, wall) in by_seed.items():
+            first = loss[0]
+            diverged = bool(not np.all(np.isfinite(loss)) or loss[-1] > first)
+            reach_step = first_reach(steps, loss, target)
+            reach_wall = first_reach(wall, loss, target)
+            entry["seeds"][str(seed)] = {
+                "steps_to_target": reach_step, "seconds_to_target": reach_wall,
+                "final_loss": float(loss[-1]), "diverged": diverged,
+                "loss_at": {str(s): loss_at(steps, loss, s) for s in checkpoints},
+                "seconds_total": float(wall[-1]),
+            }
+        seeds = entry["seeds"].values()
+        entry["median_steps_to_target"] = _median_or_inf([s["steps_to_target"] for s in seeds])
+        entry["median_seconds_to_target"] = _median_or_inf([s["seconds_to_target"] for s in seeds])
+        entry["mean_loss_at"] = {str(c): _mean([s["loss_at"][str(c)] for s in seeds]) for c in checkpoints}
+        entry["mean_final_loss"] = _mean([s["final_loss"] for s in seeds])
+        entry["divergences"] = sum(s["diverged"] for s in seeds)
+        per_opt[opt] = entry
+
+    adam = per_opt["adam"]
+    ratios = {}
+    for opt, entry in per_opt.items():
+        if opt == "adam":
+            continue
+        ratios[opt] = {
+            "steps_to_target_ratio": _ratio(entry["median_steps_to_target"], adam["median_steps_to_target"]),
+            "wall_time_to_target_ratio": _ratio(entry["median_seconds_to_target"],
+                                                adam["median_seconds_to_target"]),
+            "loss_ratio_at": {c: (_ratio(v, adam["mean_loss_at"][c]) if v is not None else None)
+                              for c, v in entry["mean_loss_at"].items()},
+        }
+    return {
+        "steps": T, "seeds": sorted(int(s) for s in next(iter(per_opt.values()))["seeds"]),
+        "meta_training_horizon": horizon, "report_steps": checkpoints,
+        "adam_lr_grid": {lr_tag(lr): v for lr, v in tuning.items()}, "tuned_adam_lr": best_lr,
+        "tuning_criterion": "validation RD loss on the held-out test images after T steps",
+        "target_loss": target, "target_definition": "mean over seeds of tuned Adam's training loss at T",
+        "optimizers": per_opt, "ratios_vs_adam": ratios,
+        "final_rd": {opt: {str(seed): _final_rd(path) for seed, path in by_seed.items()}
+                     for opt, by_seed in runs.items()},
+    }
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _final_rd(path: Path) -> dict:
+    last = read_metrics(path / "metrics.jsonl")[-1]
+    return {k: last.get(k) for k in ("val_loss", "val_bpp", "val_psnr", "val_ms_ssim")}
+
+
+# -- outputs -------------------------------------------------------------------------------------------
+def plot_convergence(runs: dict[str, dict[int, Path]], target: float, out: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for opt, by_seed in runs.items():
+        curves = [curve(p) for p in by_seed.values()]
+        n = min(len(c[0]) for c in curves)
+        steps = curves[0][0][:n]
+        loss = np.stack([c[1][:n] for c in curves])
+        wall = np.mean(np.stack([c[2][:n] for c in curves]), axis=0)
+        mean = np.exp(np.mean(np.log(np.clip(loss, 1e-12, 1e30)), axis=0))  # geometric mean: log-scale plot
+        for ax, x in ((axes[0], steps), (axes[1], wall)):
+            line, = ax.plot(x, mean, label=f"{opt} ({len(curves)} seeds)")
+            ax.fill_between(x, np.clip(loss.min(0), 1e-12, None), np.clip(loss.max(0), None, 1e30),
+                            color=line.get_color(), alpha=0.2)
+    for ax, xlabel in ((axes[0], "step"), (axes[1], "wall time (s)")):
+        if math.isfinite(target):
+            ax.axhline(target, color="k", ls="--", lw=0.8, label="target (tuned Adam at T)")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("training RD loss (window mean)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    axes[0].set_title("convergence vs step (band: min-max over seeds)")
+    axes[1].set_title("convergence vs wall time")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(v, digits=4) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float) and math.isinf(v):
+        return "never"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def report_markdown(summary: dict) -> str:
+    lines = ["# LSTM vs tuned Adam", "",
+             f"T = {summary['steps']} steps, seeds {summary['seeds']}, meta-training horizon "
+             f"{_fmt(summary['meta_training_horizon'])}.", "",
+             "## Adam LR tuning (validation RD loss on held-out images)", "", "| lr | val loss |", "|---|---|"]
+    lines += [f"| {lr}{' **(best)**' if float(lr) == summary['tuned_adam_lr'] else ''} | {_fmt(v)} |"
+              for lr, v in summary["adam_lr_grid"].items()]
+    lines += ["", f"Target loss (tuned Adam's mean training loss at T): **{_fmt(summary['target_loss'])}**", "",
+              "## Steps to target", "",
+              "| optimizer | " + " | ".join(f"seed {s}" for s in summary["seeds"])
+              + " | median steps | median seconds | divergences |",
+              "|---|" + "---|" * (len(summary["seeds"]) + 3)]
+    for opt, e in summary["optimizers"].items():
+        cells = [_fmt(e["seeds"][str(s)]["steps_to_target"]) for s in summary["seeds"]]
+        lines.append(f"| {opt} | " + " | ".join(cells) + f" | {_fmt(e['median_steps_to_target'])} | "
+                     f"{_fmt(e['median_seconds_to_target'], 3)} | {e['divergences']} |")
+    steps_label = ", ".join(str(s) for s in summary["report_steps"])
+    lines += ["", f"## Mean training loss at steps {steps_label}", "",
+              "| optimizer | " + " | ".join(f"step {s}" for s in summary["report_steps"]) + " |",
+              "|---|" + "---|" * len(summary["report_steps"])]
+    for opt, e in summary["optimizers"].items():
+        lines.append(f"| {opt} | " + " | ".join(_fmt(e["mean_loss_at"][str(s)]) for s in summary["report_steps"])
+                     + " |")
+    lines += ["", "## Ratios vs tuned Adam (lower is better)", "",
+              "| optimizer | steps-to-target | wall-time-to-target | " + " | ".join(
+                  f"loss @ {s}" for s in summary["report_steps"]) + " |",
+              "|---|---|---|" + "---|" * len(summary["report_steps"])]
+    for opt, r in summary["ratios_vs_adam"].items():
+        lines.append(f"| {opt} | {_fmt(r['steps_to_target_ratio'], 3)} | {_fmt(r['wall_time_to_target_ratio'], 3)}"
+                     " | " + " | ".join(_fmt(r["loss_ratio_at"][str(s)], 3) for s in summary["report_steps"])
+                     + " |")
+    lines += ["", "## Final RD points (validation images, likelihood bpp)", "",
+              "| optimizer | seed | val loss | bpp | PSNR (dB) | MS-SSIM |", "|---|---|---|---|---|---|"]
+    for opt, by_seed in summary["final_rd"].items():
+        for seed, rd in by_seed.items():
+            lines.append(f"| {opt} | {seed} | {_fmt(rd['val_loss'])} | {_fmt(rd['val_bpp'])} | "
+                         f"{_fmt(rd['val_psnr'])} | {_fmt(rd['val_ms_ssim'])} |")
+    lines += ["", "![convergence](convergence.png)", ""]
+    return "\n".join(lines)
+
+
+def write_outputs(cfg: dict, run_dir: Path, summary: dict, runs: dict[str, dict[int, Path]]) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    markdown = report_markdown(summary)
+    (run_dir / "report.md").write_text(markdown)
+    plot_convergence(runs, summary["target_loss"], run_dir / "convergence.png")
+    report = Run(run_dir / "report-run", cfg, job_type="compare-report", group=cfg["group"], tags=["report"],
+                 name=f"{cfg['group']}-report")
+    rows = [[opt, seed, s["steps_to_target"], s["seconds_to_target"], s["final_loss"], s["diverged"]]
+            for opt, e in summary["optimizers"].items() for seed, s in e["seeds"].items()]
+    report.log_files(images={"convergence": run_dir / "convergence.png"},
+                     tables={"steps_to_target": (["optimizer", "seed", "steps", "seconds", "final_loss",
+                                                  "diverged"], rows)})
+    report.summary({"target_loss": summary["target_loss"], "tuned_adam_lr": summary["tuned_adam_lr"],
+                    **{f"{opt}/steps_to_target_ratio": r["steps_to_target_ratio"]
+                       for opt, r in summary["ratios_vs_adam"].items()}})
+    report.finish()
+
+
+@cli_entry
+def main(argv=None):
+    cfg = parse_config(argv, "compare/default.yaml", "Compare the learned LSTM optimizer with LR-tuned Adam "
+                       "on held-out codec training tasks (W&B + summary.json, report.md, convergence.png).")
+    if cfg["run_dir"]:
+        run_dir = Path(cfg["run_dir"])
+    elif cfg["resume"]:
+        raise UserError("--resume needs --run-dir (the compare to continue)")
+    else:
+        run_dir = Path("runs") / "compare" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if run_dir.exists() and any(run_dir.iterdir()) and not cfg["resume"]:
+        raise UserError(f"{run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
+    summary = run_compare({**cfg, "run_dir": str(run_dir)}, run_dir)
+    print((run_dir / "report.md").read_text())
+    print(f"outputs: {run_dir}/summary.json, report.md, convergence.png")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
