@@ -1,0 +1,128 @@
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from metaopt.errors import UserError
+from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
+from metaopt.optim import PRETRAINED, LSTMOptimizer, load_lopt, save_lopt
+from metaopt.optimizers import make_optimizer
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def _data(step):
+    g = torch.Generator().manual_seed(step)
+    x = torch.randn(32, 6, generator=g)
+    return x, torch.tanh(x[:, :3].sum(1, keepdim=True) / 2)
+
+
+def _train(model, opt, steps, start=0):
+    losses = []
+    for step in range(start, start + steps):
+        x, y = _data(step)
+        opt.zero_grad()
+        loss = (model(x) - y).pow(2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture
+def lopt_file(tmp_path):
+    torch.manual_seed(1)
+    path = tmp_path / "lopt.pt"
+    save_lopt(LSTMOptimizerNet(LSTMConfig(hidden=4)), path, lr=1e-2)
+    return path
+
+
+def test_trains_a_torch_model(lopt_file):
+    model = _model()
+    losses = _train(model, LSTMOptimizer(model.parameters(), lopt=lopt_file), 150)
+    assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:10]) / 10
+
+
+def test_shipped_optimizer_trains_a_torch_model():
+    model = _model()
+    opt = make_optimizer("lstm", model.parameters(), {"lr": None, "lopt": None})
+    assert isinstance(opt, LSTMOptimizer) and opt.blob["lr"] > 0
+    losses = _train(model, opt, 150)
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+
+
+def test_state_dict_round_trip_gives_identical_updates(lopt_file, tmp_path):
+    model = _model()
+    opt = LSTMOptimizer(model.parameters(), lopt=lopt_file)
+    _train(model, opt, 5)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    _train(model, opt, 5, start=5)
+
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    resumed = _model()
+    resumed.load_state_dict(ckpt["model"])
+    opt2 = LSTMOptimizer(resumed.parameters(), lopt=lopt_file, lr=0.5)  # lr comes back from the state dict
+    opt2.load_state_dict(ckpt["opt"])
+    _train(resumed, opt2, 5, start=5)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_params_without_grad_do_not_move(lopt_file):
+    model = _model()
+    frozen = copy.deepcopy(model[2].weight.detach())
+    model[2].weight.requires_grad_(False)
+    _train(model, LSTMOptimizer(model.parameters(), lopt=lopt_file), 3)
+    assert torch.equal(model[2].weight, frozen)
+
+
+def test_make_optimizer_names():
+    params = list(_model().parameters())
+    assert isinstance(make_optimizer("adam", params, {"lr": None}), torch.optim.Adam)
+    sgd = make_optimizer("sgd", params, {"lr": 0.1, "momentum": 0.5})
+    assert sgd.defaults["momentum"] == 0.5
+    with pytest.raises(UserError, match="unknown optimizer"):
+        make_optimizer("rmsprop", params, {})
+
+
+def _bad_files(tmp_path, lopt_file):
+    corrupted = tmp_path / "corrupted.pt"
+    corrupted.write_bytes(lopt_file.read_bytes()[:200])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {}, "model_name": "x"}, foreign)
+    old = tmp_path / "old.pt"
+    blob = torch.load(lopt_file, weights_only=False)
+    torch.save({**blob, "version": 0}, old)
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save({**blob, "config": {**blob["config"], "hidden": 5}}, mismatched)
+    return {"missing": tmp_path / "nope.pt", "corrupted": corrupted, "foreign": foreign, "old": old,
+            "mismatched": mismatched}
+
+
+def test_bad_lopt_files_raise_user_error(tmp_path, lopt_file):
+    for what, path in _bad_files(tmp_path, lopt_file).items():
+        with pytest.raises(UserError) as e:
+            load_lopt(path)
+        assert "\n" not in str(e.value), what
+
+
+def test_bad_lopt_on_the_command_line_is_one_line(tmp_path, lopt_file):
+    for what, path in _bad_files(tmp_path, lopt_file).items():
+        r = subprocess.run([sys.executable, "-m", "codec.train", "--optimizer", "lstm", "--lopt", str(path),
+                            "--steps", "1", "--run-dir", str(tmp_path / "run")],
+                           capture_output=True, text=True, env={"WANDB_MODE": "disabled", "PATH": ""}, timeout=120)
+        assert r.returncode != 0, what
+        lines = [l for l in r.stderr.splitlines() if l.strip() and "Warning" not in l and "warnings.warn" not in l]
+        assert len(lines) == 1 and lines[0].startswith("error:"), (what, r.stderr)
+
+
+def test_pretrained_file_is_small_and_valid():
+    assert PRETRAINED.stat().st_size < 5_000_000
+    net, blob = load_lopt(None)
+    assert blob["meta"], "the shipped file records its provenance"
