@@ -39,7 +39,9 @@ CODEC_KEYS = ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_s
 
 # -- configuration -------------------------------------------------------------------------------------
 def parse_seeds(value) -> list[int]:
-    """`3` -> [0, 1, 2]; `[4, 7]` or "4,7" -> [4, 7]; anything else is an error."""
+    """`3` -> [0, 1, 2]; `[4, 7]` or "4,7" -> [4, 7]; None -> [0, 1, 2]; anything else is an error."""
+    if value is None:
+        value = 3
     if isinstance(value, bool):
         raise UserError(f"seeds must be a count or a list of integers, got {value!r}")
     if isinstance(value, int):

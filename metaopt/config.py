@@ -92,13 +92,14 @@ def parse_config(argv: list[str] | None, default: str, description: str,
     parser.add_argument("--config", help=f"YAML file overriding configs/{default}")
     for key, value in defaults.items():
         flag = "--" + key.replace("_", "-")
+        flags = [flag] if flag == "--" + key else [flag, "--" + key]  # W&B agents pass --batch_size=8
         if isinstance(value, bool):
-            parser.add_argument(flag, dest=key, nargs="?", const="true", default=argparse.SUPPRESS,
+            parser.add_argument(*flags, dest=key, nargs="?", const="true", default=argparse.SUPPRESS,
                                 metavar="BOOL", help=f"(default: {value})")
             parser.add_argument("--no-" + flag[2:], dest=key, action="store_const", const="false",
                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
-            parser.add_argument(flag, dest=key, default=argparse.SUPPRESS, metavar=type(value).__name__.upper()
+            parser.add_argument(*flags, dest=key, default=argparse.SUPPRESS, metavar=type(value).__name__.upper()
                                 if value is not None else "VALUE", help=f"(default: {value})")
     args = vars(parser.parse_args(argv))
 

@@ -79,7 +79,12 @@ class Run:
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb  # lazy: importing wandb costs ~1 s and is not needed when disabled
 
-            run_id = id_file.read_text().strip() if resume and id_file.is_file() else secrets.token_hex(6)
+            if os.environ.get("WANDB_RUN_ID"):  # under `wandb agent` the sweep decides the run id
+                run_id = os.environ["WANDB_RUN_ID"]
+            elif resume and id_file.is_file():
+                run_id = id_file.read_text().strip()
+            else:
+                run_id = secrets.token_hex(6)
             id_file.write_text(run_id)
             self.wandb = wandb.init(project=PROJECT, dir=str(self.dir), id=run_id, resume="allow", mode=mode,
                                     config=config, job_type=job_type, group=group, tags=tags, name=name,

@@ -1,0 +1,97 @@
+import json
+import math
+
+import pytest
+
+from metaopt import compare
+from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
+from metaopt.optim import save_lopt
+from metaopt.tracking import read_metrics
+
+TINY = ["--N", "8", "--M", "12", "--batch-size", "2", "--val-crop", "64", "--log-every", "3", "--threads", "1"]
+
+
+@pytest.fixture
+def lopt_file(tmp_path):
+    path = tmp_path / "lopt.pt"
+    save_lopt(LSTMOptimizerNet(LSTMConfig()), path, lr=1e-3, meta={"horizon": 3})
+    return path
+
+
+def test_compare_end_to_end_summary_matches_the_runs_metrics(tmp_path, image_folder, lopt_file, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "cmp"
+    summary = compare.main(["--run-dir", str(out), "--data", str(image_folder), "--lopt", str(lopt_file),
+                            "--seeds", "2", "--steps", "9", "--adam-lrs", "1e-3,3e-3", *TINY])
+    assert {p.name for p in out.iterdir()} >= {"summary.json", "report.md", "convergence.png", "runs", "tune"}
+    assert json.loads((out / "summary.json").read_text())["target_loss"] == pytest.approx(summary["target_loss"])
+
+    # the tuned LR is the argmin of the tuning runs' validation loss
+    val = {lr: read_metrics(out / "tune" / f"adam-lr{lr}" / "metrics.jsonl")[-1]["val_loss"]
+           for lr in ("0.001", "0.003")}
+    assert summary["tuned_adam_lr"] == float(min(val, key=val.get))
+
+    # target = mean of tuned Adam's final logged loss over the seeds
+    adam_runs = {s: read_metrics(out / "runs" / f"adam-lr{summary['tuned_adam_lr']:g}-s{s}" / "metrics.jsonl")
+                 for s in (0, 1)}
+    assert summary["target_loss"] == pytest.approx(sum(r[-1]["loss"] for r in adam_runs.values()) / 2)
+
+    # steps-to-target per run = first logged step whose loss is <= target
+    for opt, prefix in (("adam", f"adam-lr{summary['tuned_adam_lr']:g}"), ("lstm", "lstm-lrdefault")):
+        for seed in (0, 1):
+            rows = read_metrics(out / "runs" / f"{prefix}-s{seed}" / "metrics.jsonl")
+            assert rows[-1]["step"] == 9 and all(k in rows[-1] for k in ("wall_time", "opt_step_time"))
+            hits = [r["step"] for r in rows if r["loss"] <= summary["target_loss"]]
+            entry = summary["optimizers"][opt]["seeds"][str(seed)]
+            assert entry["steps_to_target"] == (hits[0] if hits else None)
+            assert entry["diverged"] == (rows[-1]["loss"] > rows[0]["loss"])
+    ratio = summary["ratios_vs_adam"]["lstm"]["steps_to_target_ratio"]
+    lstm_med, adam_med = (summary["optimizers"][o]["median_steps_to_target"] for o in ("lstm", "adam"))
+    assert ratio is None or ratio == pytest.approx(lstm_med / adam_med)
+    assert summary["report_steps"] == [3]  # horizon 3 from the lopt file: 1x (5x and 10x exceed T=9)
+    assert "## Steps to target" in (out / "report.md").read_text()
+    assert list((out / "report-run" / "wandb").glob("offline-run-*"))
+    assert list((out / "runs" / "lstm-lrdefault-s0" / "wandb").glob("offline-run-*"))
+
+
+def test_an_interrupted_compare_skips_finished_runs(tmp_path, image_folder, lopt_file, monkeypatch):
+    out = tmp_path / "cmp"
+    args = ["--run-dir", str(out), "--data", str(image_folder), "--lopt", str(lopt_file), "--seeds", "1",
+            "--steps", "3", "--adam-lrs", "1e-3", "--optimizers", "adam", *TINY]
+    compare.main(args)
+    trained = []
+    monkeypatch.setattr(compare, "train", lambda cfg, *a, **k: trained.append(cfg) or {})
+    compare.main(args + ["--resume"])
+    assert trained == []
+    # a run killed before it finished (no done.json) is resumed from its checkpoint
+    (out / "runs" / "adam-lr0.001-s0" / "done.json").unlink()
+    monkeypatch.undo()
+    calls = []
+    real_train = compare.train
+    monkeypatch.setattr(compare, "train", lambda cfg, *a, **k: calls.append(cfg["resume"]) or real_train(cfg, *a, **k))
+    compare.main(args + ["--resume"])
+    assert calls == [True]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizers", "adam,rmsprop"], "unknown optimizer"),
+    (["--adam-lrs", "[]"], "adam_lrs is empty"),
+    (["--seeds", "1,two"], "seeds must be integers"),
+    (["--seeds", "1.5,2"], "seeds must be integers"),
+    (["--seeds", "0"], "at least 1"),
+    (["--optimizers", "lstm"], "must include adam"),
+    (["--lopt", "/nonexistent/lopt.pt"], "not found"),
+])
+def test_bad_input_fails_before_any_run(tmp_path, capsys, args, message):
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit) as e:
+        compare.main(["--run-dir", str(out), *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (out / "tune").exists() and not (out / "runs").exists()
+
+
+def test_seed_parsing():
+    assert compare.parse_seeds(3) == [0, 1, 2]
+    assert compare.parse_seeds([4, 7]) == [4, 7]
+    assert compare.parse_seeds("4, 7") == [4, 7]
+    assert math.isinf(compare._median_or_inf([None, None, 5]))
