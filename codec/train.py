@@ -97,6 +97,8 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     if cfg["resume"] and not latest.exists():
         raise UserError(f"nothing to resume: {latest} does not exist")
 
+    if run_dir.is_dir():
+        ckpt_io.remove_stale_temporaries(run_dir)
     ckpt_io.seed_everything(cfg["seed"])
     model = build_model(cfg["model"], cfg["N"], cfg["M"]).to(device)
     net_params, aux_params = split_parameters(model)

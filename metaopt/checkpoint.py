@@ -33,6 +33,12 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         raise
 
 
+def remove_stale_temporaries(directory: str | Path) -> None:
+    """Delete temporaries left by a process killed inside `atomic_save` (the real files are intact)."""
+    for tmp in Path(directory).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def load(path: str | Path, what: str = "checkpoint") -> dict:
     path = Path(path)
     if not path.is_file():

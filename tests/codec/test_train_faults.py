@@ -1,0 +1,70 @@
+"""Fault tolerance of codec.train: kill -9 at random points, then --resume; injected non-finite losses."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from codec import train as train_module
+from metaopt.tracking import read_metrics
+from tests.codec.test_train import TINY
+
+ARGS = [*TINY, "--checkpoint-every", "3", "--log-every", "2", "--val-every", "6", "--steps", "30"]
+
+
+def _cmd(run_dir, data, *extra):
+    return [sys.executable, "-m", "codec.train", "--data", str(data), "--run-dir", str(run_dir), *ARGS, *extra]
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if "time" not in k} for r in rows]
+
+
+def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, image_folder):
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cmd(tmp_path / "full", image_folder), env=env, check=True, capture_output=True)
+    rng = random.Random(0)
+    run_dir, kills = tmp_path / "killed", 0
+    for attempt in range(3):
+        resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
+        proc = subprocess.Popen(_cmd(run_dir, image_folder, *resume), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        start_size = len(read_metrics(run_dir / "metrics.jsonl"))
+        while time.time() < deadline and proc.poll() is None and len(read_metrics(run_dir / "metrics.jsonl")) <= start_size:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        state = torch.load(run_dir / "checkpoint.pt", weights_only=False)  # never torn
+        assert state["step"] % 3 == 0 or state["step"] == 30
+    assert kills >= 1
+    subprocess.run(_cmd(run_dir, image_folder, "--resume"), env=env, check=True, capture_output=True)
+    assert not list(run_dir.glob(".*.tmp"))  # no stray temporary checkpoint files
+    assert _strip(read_metrics(run_dir / "metrics.jsonl")) == _strip(read_metrics(tmp_path / "full" / "metrics.jsonl"))
+
+
+def test_non_finite_losses_are_skipped_counted_and_never_checkpointed(tmp_path, image_folder, monkeypatch):
+    real_forward = train_module.RateDistortionLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, output, target):
+        terms = real_forward(self, output, target)
+        calls["n"] += 1
+        if self.training and calls["n"] in (2, 3):
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module.RateDistortionLoss, "forward", poisoned)
+    train_module.main(["--data", str(image_folder), "--run-dir", str(tmp_path / "r"), *TINY, "--steps", "6"])
+    rows = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    assert rows[-1]["skipped_steps"] == 2
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    exp_avg = [s["exp_avg"] for s in state["optimizer"]["state"].values()]
+    assert exp_avg and all(torch.isfinite(t).all() for t in exp_avg)
