@@ -16,18 +16,8 @@ from PIL import Image
 
 from codec import bitstream
 from codec.data import load_image
-from codec.models import load_model
+from codec.models import load_model, resolve_device
 from metaopt.errors import UserError, cli_entry
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 def _load(checkpoint: str, device: str):

@@ -26,10 +26,9 @@ from pytorch_msssim import ms_ssim
 from torch import nn
 
 from codec import bitstream
-from codec.__main__ import resolve_device
 from codec.data import list_images, load_image, pad_to_multiple
 from codec.losses import psnr
-from codec.models import PAD_MULTIPLE, load_model
+from codec.models import PAD_MULTIPLE, load_model, resolve_device
 from codec.rd import bd_rate, plot_rd
 from metaopt.config import parse_config
 from metaopt.errors import UserError, cli_entry

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from codec.data import CropBatches, center_crop, crop_to, list_images, load_image, pad_to_multiple
 from codec.losses import RateDistortionLoss, ms_ssim_any_size, psnr
-from codec.models import MODELS, PAD_MULTIPLE, build_model, split_parameters
+from codec.models import MODELS, PAD_MULTIPLE, build_model, load_model, resolve_device, split_parameters
 from metaopt import checkpoint as ckpt_io
 from metaopt.config import parse_config
 from metaopt.errors import UserError, cli_entry
@@ -26,16 +26,6 @@ from metaopt.optimizers import OPTIMIZERS, make_optimizer
 from metaopt.tracking import Run
 
 CHECKPOINT_FORMAT = "codec-train-v1"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    return torch.device(name)
 
 
 def check_config(cfg: dict) -> None:
@@ -78,6 +68,16 @@ def validate(model, loss_fn, images: list[torch.Tensor], device) -> dict[str, fl
         totals["val_ms_ssim"] += float(ms_ssim_any_size(out["x_hat"], x).mean())
     model.train()
     return {k: v / len(images) for k, v in totals.items()}
+
+
+def entropy_coded_eval(cfg: dict, run_dir: Path, device) -> dict[str, float]:
+    """Real bitstreams of the full validation images with the best checkpoint: the run's RD point."""
+    from codec.eval import evaluate_checkpoint  # late import: only runs that evaluate pay for it
+
+    model, meta = load_model(run_dir / "best.pt", device)
+    result = evaluate_checkpoint(model, meta["model_name"], meta["model_config"], list_images(cfg["data"], "test"))
+    return {f"rd_{k.replace('-', '_')}": v for k, v in result["mean"].items()
+            if isinstance(v, (int, float)) and k not in ("height", "width")}
 
 
 def _checkpoint(cfg, model, step, **extra) -> dict:
@@ -187,6 +187,8 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
                 if row["val_loss"] < best_val:
                     best_val = row["val_loss"]
                     save(run_dir / "best.pt", with_state=False)
+            if step == cfg["steps"] and cfg["eval_at_end"]:
+                row.update(entropy_coded_eval(cfg, run_dir, device))
             row = run.log(row, step)
             window = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
             progress.set_postfix(loss=f"{row['loss']:.4f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
