@@ -1,0 +1,370 @@
+"""What the learned optimizer costs: `python -m metaopt.bench [--scale paper|cpu|both] [--key value ...]`.
+
+Prints one JSON object (and writes it to `--out`). Per codec scale (paper: bmshj2018-hyperprior N=128 M=192,
+8 crops of 256²; cpu: configs/codec/default.yaml's model and sizes):
+  * step_time_s — one codec.train step (zero_grad, forward, RD loss, backward, grad clip, optimizer step, aux
+    zero_grad/backward/step) with Adam and with LSTMOptimizer on identically initialised models and the same
+    batch; rounds interleave the two (alternating order) after warm-up; medians, and their ratio;
+  * update_time_s — Adam.step vs LSTMOptimizer.step alone on the same (clipped) gradients;
+  * peak_mem_mb — peak memory above the post-set-up baseline during `warmup + 1` training steps, each optimizer
+    in a fresh subprocess so high-water marks never mix (CPU: /proc/self/status VmHWM, reset to the current RSS
+    through /proc/self/clear_refs; CUDA: torch.cuda.max_memory_allocated).
+Meta-training, through the real code (`metaopt.meta_train.build_family`/`lstm_config`, `metaopt.unroll.start_task`/
+`unroll`, then the meta-Adam step of metaopt.meta_train) on one small codec task: time per meta-step, peak
+memory and the meta-loss's autograd-graph size vs the truncation length K and vs the total horizon (1x and
+`meta_horizon_multiple`x at a fixed K), each run in a fresh subprocess.
+The machine (device, torch version, threads, 1-minute load average at start and end) is recorded so a reader
+can judge contention.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from codec.data import CropBatches, list_images
+from codec.losses import RateDistortionLoss
+from codec.models import MODELS, build_model, resolve_device, split_parameters
+from metaopt.checkpoint import seed_everything
+from metaopt.config import CONFIG_DIR, parse_config, read_yaml
+from metaopt.errors import UserError, cli_entry
+from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
+from metaopt.meta_train import build_family, lstm_config
+from metaopt.optim import PRETRAINED, LSTMOptimizer, lopt_blob
+from metaopt.unroll import start_task, unroll
+
+MB = 2**20
+SCALES = ("paper", "cpu")
+STEP_GOAL = 1.10    # issue #7: LSTM/Adam training-step time at paper scale on CPU
+FLAT_GOAL = 1.10    # issue #7: meta-training peak memory at 10x the horizon, relative to 1x
+
+
+# -- measuring ------------------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def interleaved_medians(fns: dict, repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
+    """Median wall seconds of each function. Every round calls each function once, in alternating order, so
+    that load from other processes and cache effects hit all of them alike; `warmup` rounds are untimed."""
+    names = list(fns)
+    times = {name: [] for name in names}
+    for round_ in range(warmup + repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            synchronize(device)
+            start = time.perf_counter()
+            fns[name]()
+            synchronize(device)
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+class PeakMemory:
+    """Peak memory above the usage at entry, while the block runs (CUDA: allocated bytes; CPU: RSS)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self) -> "PeakMemory":
+        synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS: earlier peaks (imports, set-up) do not count
+            self.base = _status_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _status_bytes("VmHWM")
+        self.peak_bytes = peak - self.base
+
+
+def run_probe(name: str, spec: dict) -> dict:
+    """Run PROBES[name](spec) in a fresh interpreter (its own high-water mark) and return its result."""
+    code = ("import json, sys; from metaopt.bench import PROBES; "
+            "print(json.dumps(PROBES[sys.argv[1]](json.loads(sys.argv[2]))))")
+    proc = subprocess.run([sys.executable, "-c", code, name, json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"bench probe {name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def graph_size(loss: torch.Tensor) -> int:
+    """Number of autograd nodes reachable from `loss`: what a backward through it keeps alive."""
+    seen, stack = set(), [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(child for child, _ in node.next_functions)
+    return len(seen)
+
+
+# -- codec training steps ---------------------------------------------------------------------------------
+@dataclass
+class CodecRun:
+    model: torch.nn.Module
+    net_params: list
+    optimizer: torch.optim.Optimizer
+    aux_optimizer: torch.optim.Optimizer
+    loss_fn: RateDistortionLoss
+    x: torch.Tensor
+    grad_clip: float
+
+    def step(self) -> None:
+        """The work of one codec.train step (without its logging and NaN guard)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_fn(self.model(self.x), self.x)["loss"].backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net_params, self.grad_clip)
+        self.optimizer.step()
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        self.model.aux_loss().backward()
+        self.aux_optimizer.step()
+
+
+def make_optimizer(name: str, params, spec: dict) -> torch.optim.Optimizer:
+    """Adam, or LSTMOptimizer with spec["lopt"] (None = a fresh network of the default LSTMConfig)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=spec["adam_lr"])
+    if spec["lopt"] is not None:
+        return LSTMOptimizer(params, lopt=spec["lopt"])
+    return LSTMOptimizer(params, lopt=lopt_blob(LSTMOptimizerNet(LSTMConfig()), spec["fresh_lopt_lr"]))
+
+
+def codec_run(scale: dict, optimizer: str, spec: dict) -> CodecRun:
+    device = torch.device(spec["device"])
+    torch.manual_seed(spec["seed"])  # the same initial weights for every optimizer
+    model = build_model(scale["model"], scale["N"], scale["M"]).to(device).train()
+    net_params, aux_params = split_parameters(model)
+    batches = CropBatches(list_images(None, "train"), scale["crop"], scale["batch_size"], spec["seed"])
+    return CodecRun(model, net_params, make_optimizer(optimizer, net_params, spec),
+                    torch.optim.Adam(aux_params, lr=spec["aux_lr"]), RateDistortionLoss(spec["lmbda"], spec["distortion"]),
+                    batches.batch(0).to(device), spec["grad_clip"])
+
+
+def codec_memory_probe(spec: dict) -> dict:
+    """(In a fresh process.) Peak memory of `warmup + 1` training steps of one optimizer."""
+    torch.set_num_threads(spec["threads"])
+    run = codec_run(spec["scale"], spec["optimizer"], spec)
+    with PeakMemory(torch.device(spec["device"])) as peak:
+        for _ in range(spec["warmup"] + 1):
+            run.step()
+    return {"peak_mem_bytes": peak.peak_bytes}
+
+
+def measure_scale(scale: dict, spec: dict) -> dict:
+    device = torch.device(spec["device"])
+    runs = {name: codec_run(scale, name, spec) for name in ("adam", "lstm")}
+    net_params = sum(p.numel() for p in runs["adam"].net_params)
+    steps = interleaved_medians({name: run.step for name, run in runs.items()}, spec["repeats"], spec["warmup"],
+                                device)
+    # The optimizer update alone, both on copies of Adam's last clipped gradients.
+    grads = [p.grad for p in runs["adam"].net_params]
+    updates = {}
+    for name in ("adam", "lstm"):
+        params = [p.detach().clone().requires_grad_() for p in runs["adam"].net_params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        updates[name] = make_optimizer(name, params, spec).step
+    del runs
+    update = interleaved_medians(updates, spec["repeats"], spec["warmup"], device)
+    memory = {name: run_probe("codec", {**spec, "scale": scale, "optimizer": name})["peak_mem_bytes"] / MB
+              for name in ("adam", "lstm")}
+    return {**scale, "net_params": net_params, "step_time_s": steps, "step_time_ratio_lstm_over_adam": steps["lstm"] / steps["adam"],
+            "update_time_s": update, "update_time_ratio_lstm_over_adam": update["lstm"] / update["adam"],
+            "peak_mem_mb": memory, "peak_mem_ratio_lstm_over_adam": memory["lstm"] / memory["adam"]}
+
+
+# -- meta-training ----------------------------------------------------------------------------------------
+def meta_probe(spec: dict) -> dict:
+    """(In a fresh process.) `truncations` meta-steps of K inner steps on one task, as metaopt.meta_train runs
+    them: time per meta-step (the first is warm-up), peak memory, the meta-loss graph size per truncation."""
+    torch.set_num_threads(spec["threads"])
+    seed_everything(spec["seed"])
+    device = torch.device(spec["device"])
+    cfg, K = spec["meta_cfg"], spec["unroll"]
+    task = build_family(cfg).sample(cfg["seed"] * 100_003, "train")  # meta_train's first task
+    task.to(device)
+    net = LSTMOptimizerNet(lstm_config(cfg)).to(device)
+    meta_opt = torch.optim.Adam(net.parameters(), lr=cfg["meta_lr"])
+    ts = start_task(task, net, horizon=K * spec["truncations"])
+    for step in range(ts.horizon + 1):
+        task.batch(step)  # decode and cache every image first: image loading is not meta-training memory
+    times, nodes, finite = [], [], True
+
+    def meta_step() -> None:
+        nonlocal ts, finite
+        start = time.perf_counter()
+        meta_loss, ts, stats = unroll(net, ts, K, cfg["lr"], cfg["meta_loss"], cfg["second_order"],
+                                      cfg["correction_penalty"], cfg["chunk_size"])
+        unroll_s = time.perf_counter() - start
+        nodes.append(graph_size(meta_loss))  # outside the timing
+        start = time.perf_counter()
+        meta_opt.zero_grad(set_to_none=True)
+        meta_loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["meta_clip"])
+        meta_opt.step()
+        synchronize(device)
+        times.append(unroll_s + time.perf_counter() - start)
+        finite = finite and stats["finite"] and bool(torch.isfinite(meta_loss))
+
+    # The first truncation is warm-up, before the memory baseline and outside the timing: it faults in code
+    # pages and allocator pools, which would otherwise dominate the peak of small tasks.
+    meta_step()
+    with PeakMemory(device) as peak:
+        while not ts.done:
+            meta_step()
+    return {"unroll": K, "horizon_steps": ts.horizon, "truncations": len(times),
+            "meta_step_s": statistics.median(times[1:]), "peak_mem_mb": peak.peak_bytes / MB,
+            "graph_nodes": max(nodes), "graph_nodes_constant": len(set(nodes)) == 1, "finite": finite}
+
+
+PROBES = {"codec": codec_memory_probe, "meta": meta_probe}
+
+
+def measure_meta(cfg: dict, spec: dict) -> dict:
+    meta_cfg = {**read_yaml(CONFIG_DIR / "meta" / "default.yaml"), "models": [cfg["meta_model"]],
+                "sizes": [[cfg["meta_N"], cfg["meta_M"]]], "seed": cfg["seed"]}
+    for key in ("crop", "batch_size"):
+        if cfg[f"meta_{key}"] is not None:
+            meta_cfg[key] = cfg[f"meta_{key}"]
+    base = cfg["meta_truncations"]
+
+    def probe(K: int, truncations: int) -> dict:
+        return run_probe("meta", {**spec, "meta_cfg": meta_cfg, "unroll": K, "truncations": truncations})
+
+    vs_unroll = {K: probe(K, base) for K in cfg["meta_unrolls"]}
+    K = cfg["meta_horizon_unroll"]
+    vs_horizon = [vs_unroll.get(K) or probe(K, base), probe(K, base * cfg["meta_horizon_multiple"])]
+    return {"task": f"{cfg['meta_model']}(N={cfg['meta_N']},M={cfg['meta_M']}), {meta_cfg['batch_size']} crops of "
+                    f"{meta_cfg['crop']}², lstm hidden={meta_cfg['hidden']} layers={meta_cfg['layers']}, "
+                    f"second_order={meta_cfg['second_order']}",
+            "vs_unroll": list(vs_unroll.values()), "vs_horizon": vs_horizon,
+            "peak_mem_growth_over_horizon": vs_horizon[1]["peak_mem_mb"] / vs_horizon[0]["peak_mem_mb"]}
+
+
+# -- the command -------------------------------------------------------------------------------------------
+def codec_scales(cfg: dict) -> dict[str, dict]:
+    """{scale name: model, N, M, batch_size, crop} for the scales selected by --scale."""
+    if cfg["scale"] not in (*SCALES, "both"):
+        raise UserError(f"--scale must be paper, cpu or both, got {cfg['scale']!r}")
+    codec_default = read_yaml(CONFIG_DIR / "codec" / "default.yaml")
+    scales = {}
+    for name in SCALES if cfg["scale"] == "both" else (cfg["scale"],):
+        scale = {key: cfg[f"{name}_{key}"] if cfg[f"{name}_{key}"] is not None else codec_default[key]
+                 for key in ("model", "N", "M", "batch_size", "crop")}
+        if scale["model"] not in MODELS:
+            raise UserError(f"unknown {name}_model {scale['model']!r}; choose one of: {', '.join(MODELS)}")
+        for key in ("N", "M", "batch_size", "crop"):
+            if not isinstance(scale[key], int) or scale[key] <= 0:
+                raise UserError(f"{name}_{key} must be a positive integer, got {scale[key]!r}")
+        multiple = 64 if "hyperprior" in scale["model"] else 16
+        if scale["crop"] % multiple:
+            raise UserError(f"{name}_crop must be a multiple of {multiple} for {scale['model']}, got {scale['crop']}")
+        scales[name] = scale
+    return scales
+
+
+def check_meta(cfg: dict) -> None:
+    if cfg["meta_model"] not in MODELS:
+        raise UserError(f"unknown meta_model {cfg['meta_model']!r}; choose one of: {', '.join(MODELS)}")
+    for key in ("meta_N", "meta_M", "meta_horizon_unroll", "meta_horizon_multiple"):
+        if not isinstance(cfg[key], int) or cfg[key] <= 0:
+            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
+    if not isinstance(cfg["meta_truncations"], int) or cfg["meta_truncations"] < 2:
+        raise UserError(f"meta_truncations must be an integer >= 2 (the first is warm-up), got {cfg['meta_truncations']!r}")
+    if not cfg["meta_unrolls"] or not all(isinstance(K, int) and K > 0 for K in cfg["meta_unrolls"]):
+        raise UserError(f"meta_unrolls must be a list of positive integers, got {cfg['meta_unrolls']!r}")
+
+
+def lopt_source(cfg: dict) -> tuple[str | None, str]:
+    """(learned-optimizer file or None for a fresh network, how the report names it)."""
+    if cfg["lopt"] is not None:
+        return str(cfg["lopt"]), str(cfg["lopt"])
+    if PRETRAINED.is_file():
+        return str(PRETRAINED), "shipped metaopt/pretrained/lopt.pt"
+    return None, "fresh LSTMConfig() network (no shipped metaopt/pretrained/lopt.pt); timing does not depend on weights"
+
+
+def machine(device: torch.device, threads: int) -> dict:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                    platform.processor() or platform.machine())
+    return {"device": device.type, "device_name": name, "torch": torch.__version__, "threads": threads,
+            "cpu_count": os.cpu_count(), "load_avg_1min_start": os.getloadavg()[0]}
+
+
+@cli_entry
+def main(argv=None) -> dict:
+    cfg = parse_config(argv, "bench/default.yaml", "Step time, update time and peak memory of Adam vs the learned "
+                                                   "optimizer, and meta-training cost vs truncation and horizon.")
+    scales = codec_scales(cfg)
+    if cfg["meta"]:
+        check_meta(cfg)
+    for key, low in (("repeats", 1), ("warmup", 0), ("threads", 0)):
+        if cfg[key] < low:
+            raise UserError(f"{key} must be >= {low}, got {cfg[key]}")
+    device = resolve_device(cfg["device"])
+    threads = cfg["threads"] or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    seed_everything(cfg["seed"])
+    lopt, lopt_name = lopt_source(cfg)
+    codec_default = read_yaml(CONFIG_DIR / "codec" / "default.yaml")
+    spec = {"device": device.type, "threads": threads, "seed": cfg["seed"], "repeats": cfg["repeats"],
+            "warmup": cfg["warmup"], "lopt": lopt, "fresh_lopt_lr": read_yaml(CONFIG_DIR / "meta" / "default.yaml")["lr"],
+            "adam_lr": cfg["adam_lr"], **{k: codec_default[k] for k in ("aux_lr", "lmbda", "distortion", "grad_clip")}}
+
+    report = {"machine": machine(device, threads),
+              "settings": {"repeats": cfg["repeats"], "warmup": cfg["warmup"], "statistic": "median wall seconds",
+                           "learned_optimizer": lopt_name,
+                           "peak_memory": "MiB above the post-set-up baseline, fresh subprocess per measurement; "
+                                          + ("torch.cuda.max_memory_allocated" if device.type == "cuda"
+                                             else "VmHWM (reset via /proc/self/clear_refs) - VmRSS")},
+              "codec": {name: measure_scale(scale, spec) for name, scale in scales.items()}}
+    goals = {}
+    if "paper" in report["codec"]:
+        ratio = report["codec"]["paper"]["step_time_ratio_lstm_over_adam"]
+        goals["paper_step_time_ratio_lstm_over_adam"] = {
+            "value": ratio, "goal": f"<= {STEP_GOAL} on CPU", "met": ratio <= STEP_GOAL if device.type == "cpu" else None}
+    if cfg["meta"]:
+        report["meta_training"] = measure_meta(cfg, spec)
+        growth = report["meta_training"]["peak_mem_growth_over_horizon"]
+        goals["meta_peak_mem_flat_over_horizon"] = {
+            "value": growth, "goal": f"<= {FLAT_GOAL} at {cfg['meta_horizon_multiple']}x the horizon",
+            "met": growth <= FLAT_GOAL}
+    report["goals"] = goals
+    report["machine"]["load_avg_1min_end"] = os.getloadavg()[0]
+    out = Path(cfg["out"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from metaopt.bench import codec_scales, main
+from metaopt.config import CONFIG_DIR, parse_config, read_yaml
+
+# Tiny everything: one codec scale of a few thousand parameters, meta-training at K=2 for 2 and 20 truncations.
+TINY = ["--scale", "paper", "--paper-N", "8", "--paper-M", "8", "--paper-crop", "64", "--paper-batch-size", "1",
+        "--repeats", "1", "--threads", "1", "--meta-N", "8", "--meta-M", "8", "--meta-batch-size", "1",
+        "--meta-unrolls", "2", "--meta-horizon-unroll", "2", "--meta-truncations", "2"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    printed = main(TINY + ["--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(printed))  # --out holds what was printed
+    return printed
+
+
+def test_report_has_every_figure_with_sane_values(report):
+    machine = report["machine"]
+    assert machine["device"] == "cpu" and machine["threads"] == 1 and machine["torch"]
+    assert machine["load_avg_1min_start"] >= 0 and machine["load_avg_1min_end"] >= 0
+    assert "lopt.pt" in report["settings"]["learned_optimizer"] or "fresh" in report["settings"]["learned_optimizer"]
+    paper = report["codec"]["paper"]
+    assert (paper["model"], paper["N"], paper["M"], paper["crop"], paper["batch_size"]) == \
+        ("bmshj2018-hyperprior", 8, 8, 64, 1)
+    assert paper["net_params"] > 0
+    for kind in ("step_time", "update_time"):
+        times = paper[f"{kind}_s"]
+        assert set(times) == {"adam", "lstm"} and all(t > 0 for t in times.values())
+        assert paper[f"{kind}_ratio_lstm_over_adam"] == pytest.approx(times["lstm"] / times["adam"])
+    # the optimizer update is part of the training step
+    assert all(paper["update_time_s"][k] < paper["step_time_s"][k] for k in ("adam", "lstm"))
+    memory = paper["peak_mem_mb"]
+    assert all(m > 0 for m in memory.values())
+    assert paper["peak_mem_ratio_lstm_over_adam"] == pytest.approx(memory["lstm"] / memory["adam"])
+
+    meta = report["meta_training"]
+    assert [r["unroll"] for r in meta["vs_unroll"]] == [2]
+    one, ten = meta["vs_horizon"]
+    assert (one["horizon_steps"], ten["horizon_steps"]) == (4, 40) and (one["truncations"], ten["truncations"]) == (2, 20)
+    for row in meta["vs_unroll"] + meta["vs_horizon"]:
+        assert row["meta_step_s"] > 0 and row["peak_mem_mb"] > 0 and row["graph_nodes"] > 0 and row["finite"]
+    assert meta["peak_mem_growth_over_horizon"] == pytest.approx(ten["peak_mem_mb"] / one["peak_mem_mb"])
+    goals = report["goals"]
+    assert goals["paper_step_time_ratio_lstm_over_adam"]["value"] == paper["step_time_ratio_lstm_over_adam"]
+    assert isinstance(goals["meta_peak_mem_flat_over_horizon"]["met"], bool)
+
+
+def test_meta_training_memory_does_not_grow_with_the_horizon(report):
+    """10x the truncations: the same meta-graph per truncation (nothing of earlier truncations stays attached),
+    and no peak-memory growth beyond allocator noise. Were the graphs kept, each of the 19 extra truncations
+    would add a whole truncation's graph, ~19x the 1x peak."""
+    one, ten = report["meta_training"]["vs_horizon"]
+    assert one["graph_nodes_constant"] and ten["graph_nodes_constant"]
+    assert ten["graph_nodes"] == one["graph_nodes"]
+    assert ten["peak_mem_mb"] <= 2 * one["peak_mem_mb"] + 24, (one["peak_mem_mb"], ten["peak_mem_mb"])
+
+
+def test_cpu_scale_defaults_to_the_codec_default_config():
+    cfg = parse_config(["--scale", "cpu"], "bench/default.yaml", "")
+    codec_default = read_yaml(CONFIG_DIR / "codec" / "default.yaml")
+    assert codec_scales(cfg) == {"cpu": {k: codec_default[k] for k in ("model", "N", "M", "batch_size", "crop")}}
+    paper = codec_scales(parse_config([], "bench/default.yaml", ""))["paper"]
+    assert paper == {"model": "bmshj2018-hyperprior", "N": 128, "M": 192, "batch_size": 8, "crop": 256}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--scale", "huge"], "--scale must be paper, cpu or both"),
+    (["--repeats", "0"], "repeats must be >= 1"),
+    (["--paper-crop", "100"], "paper_crop must be a multiple of 64"),
+    (["--cpu-model", "nope", "--scale", "cpu"], "unknown cpu_model"),
+    (["--meta-unrolls", "0"], "meta_unrolls must be a list of positive integers"),
+    (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+])
+def test_bad_flags_are_one_line_errors(flags, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(flags)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
