@@ -95,3 +95,38 @@ def test_seed_parsing():
     assert compare.parse_seeds([4, 7]) == [4, 7]
     assert compare.parse_seeds("4, 7") == [4, 7]
     assert math.isinf(compare._median_or_inf([None, None, 5]))
+
+
+def test_kill_9_during_compare_then_resume_gives_the_uninterrupted_summary(tmp_path, image_folder):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "metaopt.compare", "--data", str(image_folder), "--seeds", "2", "--steps", "12",
+            "--adam-lrs", "1e-3,3e-3", "--optimizers", "adam,sgd", *TINY]
+    subprocess.run([*base, "--run-dir", str(tmp_path / "full")], env=env, check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*base, "--run-dir", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(killed.glob("runs/*/checkpoint.pt")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+    subprocess.run([*base, "--run-dir", str(killed), "--resume"], env=env, check=True, capture_output=True)
+
+    def comparable(path):
+        s = json.loads((path / "summary.json").read_text())
+        for e in s["optimizers"].values():
+            e.pop("median_seconds_to_target")
+            for seed in e["seeds"].values():
+                seed.pop("seconds_to_target"), seed.pop("seconds_total")
+        for r in s["ratios_vs_adam"].values():
+            r.pop("wall_time_to_target_ratio")
+        return s
+
+    assert comparable(killed) == comparable(tmp_path / "full")
