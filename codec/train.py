@@ -180,7 +180,7 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
             row = {name: float(window[name]) / window["n"] if window["n"] else float("nan")
                    for name in ("loss", "bpp", "mse")}
             row.update(psnr=psnr(row["mse"]), aux_loss=float(aux_loss.detach()), step_time=step_time,
-                       opt_step_time=opt_time, skipped_steps=skipped,
+                       opt_step_time=opt_time, skipped_steps=skipped + getattr(optimizer, "skipped_updates", 0),
                        wall_time=elapsed_before + time.time() - started)
             if step % cfg["val_every"] == 0 or step == cfg["steps"]:
                 row.update(validate(model, loss_fn, val_images, device))

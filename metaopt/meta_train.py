@@ -29,9 +29,9 @@ from metaopt.errors import UserError, cli_entry
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
 from metaopt.optim import LSTMOptimizer, lopt_blob
 from metaopt.tracking import Run
-from metaopt.unroll import start_task, unroll
+from metaopt.unroll import TaskState, start_task, unroll
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 def build_family(cfg: dict):
@@ -85,12 +85,36 @@ def validate(net: LSTMOptimizerNet, family, cfg: dict, device) -> tuple[float, f
     return sum(scores) / len(scores), diverged / cfg["val_tasks"]
 
 
+def task_seed(task_index: int, cfg: dict) -> int:
+    return cfg["seed"] * 100_003 + task_index
+
+
 def new_task_state(family, net, rng: random.Random, meta_step: int, task_index: int, cfg: dict, device):
-    task = family.sample(cfg["seed"] * 100_003 + task_index, "train")
+    task = family.sample(task_seed(task_index, cfg), "train")
     task.to(device)
     scale = math.exp(rng.uniform(-math.log(cfg["loss_scale"]), math.log(cfg["loss_scale"]))) \
         if cfg["loss_scale"] > 1 else 1.0
     return start_task(task, net, sample_horizon(rng, meta_step, cfg), scale)
+
+
+# The in-flight inner run is checkpointed too (the meta-training codecs are small), so --resume continues
+# the very same task from the very same step: a resumed run equals an uninterrupted one.
+TASK_FIELDS = ("params", "opt_state", "aux_state", "step", "horizon", "init_loss", "loss_scale")
+
+
+def task_state_dict(ts: TaskState, task_index: int) -> dict:
+    return {"task_index": task_index, **{k: getattr(ts, k) for k in TASK_FIELDS}}
+
+
+def restore_task_state(saved: dict, family, cfg: dict, device) -> TaskState:
+    task = family.sample(task_seed(saved["task_index"], cfg), "train")
+    task.to(device)
+    move = lambda x: x.to(device) if torch.is_tensor(x) else x  # noqa: E731
+    fields = {k: saved[k] for k in TASK_FIELDS}
+    fields["params"] = [move(p) for p in fields["params"]]
+    fields["opt_state"] = {k: move(v) for k, v in fields["opt_state"].items()}
+    fields["aux_state"] = {k: [move(t) for t in v] if isinstance(v, list) else v for k, v in fields["aux_state"].items()}
+    return TaskState(task, **fields)
 
 
 @cli_entry
@@ -123,17 +147,18 @@ def main(argv=None):
         start, task_index, best, skipped = ckpt["meta_step"], ckpt["task_index"], ckpt["best"], ckpt["skipped"]
         rng.setstate(ckpt["py_rng"])
         set_rng_state(ckpt["rng"])
+        ts = restore_task_state(ckpt["task"], family, cfg, device)
+    else:
+        ts = new_task_state(family, net, rng, start, task_index, cfg, device)
+        task_index += 1
     run = Run(run_dir, cfg, job_type="meta-train", group=cfg["group"], tags=["lstm"],
               resume_step=start if cfg["resume"] else None)
-    # The in-flight task is not checkpointed (its codec state would dominate the file): a resumed run
-    # starts a fresh task, drawn deterministically from the saved RNG state.
-    ts = new_task_state(family, net, rng, start, task_index, cfg, device)
-    task_index += 1
 
     def checkpoint(step: int) -> None:
         atomic_save({"version": CHECKPOINT_VERSION, "net": net.state_dict(), "meta_opt": meta_opt.state_dict(),
                      "lstm_config": net.cfg.to_dict(), "meta_step": step, "task_index": task_index, "best": best,
-                     "skipped": skipped, "py_rng": rng.getstate(), "rng": rng_state(), "config": cfg}, ckpt_path)
+                     "skipped": skipped, "py_rng": rng.getstate(), "rng": rng_state(), "config": cfg,
+                     "task": task_state_dict(ts, task_index - 1)}, ckpt_path)
 
     bar = tqdm(range(start, cfg["meta_steps"]), initial=start, total=cfg["meta_steps"], desc="meta-train")
     for step in bar:

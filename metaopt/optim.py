@@ -100,11 +100,21 @@ class LSTMOptimizer(torch.optim.Optimizer):
                 state.update(init_state(self.net.cfg, flat.numel(), flat.device, flat.dtype))
                 self.net.to(device=flat.device, dtype=flat.dtype)
             update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size)
+            # A non-finite gradient (inf with a finite loss) would poison the moments and LSTM state for
+            # good: skip the whole step and keep the old state. One reduction, so the check is cheap.
+            if not torch.isfinite(update.sum()):
+                state["skipped"] = state.get("skipped", 0) + 1
+                continue
             state.update(new)
             pieces = update.split([p.numel() for p in params])
             moved = [(p, u.view_as(p)) for p, u, ok in zip(params, pieces, has_grad) if ok]
             torch._foreach_add_([p for p, _ in moved], [u for _, u in moved])
         return loss
+
+    @property
+    def skipped_updates(self) -> int:
+        """Steps skipped because the update was non-finite (kept in the state, so it survives a resume)."""
+        return sum(self.state[g["params"][0]].get("skipped", 0) for g in self.param_groups if g["params"])
 
     def state_dict(self):
         sd = super().state_dict()

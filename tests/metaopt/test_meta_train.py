@@ -46,6 +46,30 @@ def test_non_finite_inner_run_is_skipped_never_saved(tmp_path):
     net, _ = load_lopt(run / "lopt.pt")  # loading refuses non-finite weights
 
 
+def test_non_finite_meta_gradient_is_skipped_never_applied(tmp_path, monkeypatch):
+    """A finite meta-loss whose meta-gradient is NaN (injected by a backward hook) must not reach the weights."""
+    import metaopt.meta_train as meta_train
+
+    real_unroll, calls = meta_train.unroll, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, next_ts, stats = real_unroll(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            loss.register_hook(lambda g: g * float("nan"))
+        return loss, next_ts, stats
+
+    monkeypatch.setattr(meta_train, "unroll", poisoned)
+    run = tmp_path / "run"
+    main(TINY + ["--meta-steps", "2", "--run-dir", str(run), "--checkpoint-every", "1"])
+    rows = [r for r in _rows(run) if "skipped" in r]
+    assert [r["skipped"] for r in rows] == [0, 1]
+    assert all(torch.isfinite(torch.tensor(r["meta_loss"])) for r in rows)  # the loss itself was finite
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in ckpt["net"].values())
+    assert all(torch.isfinite(s["exp_avg"]).all() for s in ckpt["meta_opt"]["state"].values())
+
+
 def test_resume_without_checkpoint_and_bad_key_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(TINY + ["--run-dir", str(tmp_path / "none"), "--resume"])
@@ -65,3 +89,44 @@ def test_horizons_are_heavy_tailed_and_follow_the_curriculum():
     assert set(early) == {20}
     assert all(h % 10 == 0 and 20 <= h <= 1000 for h in late)
     assert sorted(late)[len(late) // 2] < 200 < max(late)  # median short, tail long (log-uniform)
+
+
+def _strip_times(rows):
+    return [{k: v for k, v in r.items() if "time" not in k} for r in rows]
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """Real subprocesses killed with SIGKILL mid-run; the in-flight inner task is restored exactly."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from metaopt.tracking import read_metrics
+
+    args = TINY + ["--meta-steps", "40", "--checkpoint-every", "3", "--val-every", "10", "--threads", "1"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    cmd = lambda run, *extra: [sys.executable, "-m", "metaopt.meta_train", "--run-dir", str(run), *args, *extra]  # noqa: E731
+    subprocess.run(cmd(tmp_path / "full"), env=env, check=True, capture_output=True)
+    run, rng, kills = tmp_path / "killed", random.Random(0), 0
+    for _ in range(3):
+        extra = ["--resume"] if (run / "checkpoint.pt").exists() else []
+        proc = subprocess.Popen(cmd(run, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seen, deadline = len(read_metrics(run / "metrics.jsonl")), time.time() + 60
+        while time.time() < deadline and proc.poll() is None and len(read_metrics(run / "metrics.jsonl")) <= seen + 2:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.2))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if (run / "checkpoint.pt").exists():
+            torch.load(run / "checkpoint.pt", weights_only=False)  # never torn
+    assert kills >= 1
+    subprocess.run(cmd(run, "--resume"), env=env, check=True, capture_output=True)
+    assert _strip_times(read_metrics(run / "metrics.jsonl")) == _strip_times(read_metrics(tmp_path / "full" / "metrics.jsonl"))
+    full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["net"]
+    resumed = torch.load(run / "checkpoint.pt", weights_only=False)["net"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)

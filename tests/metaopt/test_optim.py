@@ -82,6 +82,24 @@ def test_params_without_grad_do_not_move(lopt_file):
     assert torch.equal(model[2].weight, frozen)
 
 
+def test_non_finite_update_is_skipped_and_counted(lopt_file):
+    model = _model()
+    opt = LSTMOptimizer(model.parameters(), lopt=lopt_file)
+    _train(model, opt, 3)
+    params = [p.detach().clone() for p in model.parameters()]
+    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[next(model.parameters())].items()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    next(model.parameters()).grad[0, 0] = float("inf")  # an inf gradient with a finite loss
+    opt.step()
+    assert opt.skipped_updates == 1
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))  # nothing moved
+    after = opt.state[next(model.parameters())]
+    assert all(torch.equal(after[k], v) if torch.is_tensor(v) else after[k] == v for k, v in state.items())
+    losses = _train(model, opt, 5, start=3)  # and it carries on normally
+    assert all(torch.isfinite(torch.tensor(losses))) and opt.skipped_updates == 1
+
+
 def test_make_optimizer_names():
     params = list(_model().parameters())
     assert isinstance(make_optimizer("adam", params, {"lr": None}), torch.optim.Adam)
