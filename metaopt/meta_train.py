@@ -65,19 +65,18 @@ def sample_horizon(rng: random.Random, meta_step: int, cfg: dict) -> int:
     return max(cfg["unroll"], int(round(h / cfg["unroll"])) * cfg["unroll"])
 
 
-def validate(net: LSTMOptimizerNet, family, cfg: dict, device) -> tuple[float, float]:
-    """(score, diverged fraction) on held-out tasks; score = mean over tasks and steps of log(loss/loss_0).
+def validate(make_opt, family, cfg: dict, device) -> tuple[float, float]:
+    """(score, diverged fraction) of an optimizer on held-out tasks; score = mean over tasks and steps of
+    log(loss/loss_0).
 
     A diverged run scores log(1e6) from the step it diverged on, so instability is penalised in proportion
     to how early it happens.
     """
-    blob = lopt_blob(net, cfg["lr"])
     scores, diverged = [], 0
     for i in range(cfg["val_tasks"]):
         task = family.sample(i, "test")
         task.to(device)
-        losses = task.train(lambda p: LSTMOptimizer(p, lopt=blob, lr=cfg["lr"], chunk_size=cfg["chunk_size"]),
-                            cfg["val_steps"])
+        losses = task.train(make_opt, cfg["val_steps"])
         logs = [min(math.log(max(x, 1e-12) / losses[0]), math.log(1e6)) if math.isfinite(x) else math.log(1e6)
                 for x in losses]
         diverged += not math.isfinite(losses[-1])
@@ -153,6 +152,13 @@ def main(argv=None):
         task_index += 1
     run = Run(run_dir, cfg, job_type="meta-train", group=cfg["group"], tags=["lstm"],
               resume_step=start if cfg["resume"] else None)
+    if not cfg["resume"]:
+        # The yardstick for val_score: plain Adam at the LSTM's nominal step size on the same held-out tasks
+        # (the untrained network starts close to it, so meta-training must beat this number to be worth it).
+        # fork_rng: computing the yardstick must not shift the random stream meta-training then draws from.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            adam_score, adam_div = validate(lambda p: torch.optim.Adam(p, lr=cfg["lr"]), family, cfg, device)
+        run.log({"val_score_adam": adam_score, "val_diverged_adam": adam_div}, step=0)
 
     def checkpoint(step: int) -> None:
         atomic_save({"version": CHECKPOINT_VERSION, "net": net.state_dict(), "meta_opt": meta_opt.state_dict(),
@@ -186,7 +192,9 @@ def main(argv=None):
                      "skipped": skipped, "tasks": task_index}, step=done)
             bar.set_postfix(meta_loss=f"{meta_loss.item():.3f}", skipped=skipped)
         if done % cfg["val_every"] == 0 or done == cfg["meta_steps"]:
-            score, div = validate(net, family, cfg, device)
+            blob = lopt_blob(net, cfg["lr"])
+            score, div = validate(lambda p: LSTMOptimizer(p, lopt=blob, chunk_size=cfg["chunk_size"]), family, cfg,
+                                  device)
             if score < best:
                 best = score
                 atomic_save(lopt_blob(net, cfg["lr"], {"meta_step": done, "val_score": score, "config": cfg}),
