@@ -33,6 +33,8 @@ from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.optimizers import OPTIMIZERS  # noqa: E402
 from metaopt.tracking import Run, read_metrics  # noqa: E402
 
+TUNE_ON = {"train_loss": "training RD loss over the last 10% of T steps of a run with the tuning seed",
+           "val_loss": "validation RD loss on the held-out test images after T steps"}
 CODEC_KEYS = ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_size", "log_every", "val_crop",
               "device", "threads")
 
@@ -79,6 +81,8 @@ def check_config(cfg: dict) -> dict:
     for lr in cfg["adam_lrs"]:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise UserError(f"adam_lrs must be positive numbers, got {lr!r}")
+    if cfg["tune_on"] not in TUNE_ON:
+        raise UserError(f"tune_on must be one of {', '.join(TUNE_ON)}, got {cfg['tune_on']!r}")
     if cfg["steps"] <= 0:
         raise UserError(f"steps must be positive, got {cfg['steps']}")
     seeds = parse_seeds(cfg["seeds"])
@@ -137,11 +141,11 @@ def run_compare(cfg: dict, run_dir: Path) -> dict:
 
     tuning = {}
     for lr in cfg["adam_lrs"]:
-        row = run_one(run_dir / "tune" / f"adam-lr{lr_tag(lr)}",
-                      codec_config(cfg, "adam", lr, cfg["tune_seed"]), group)
-        tuning[lr] = row.get("val_loss", math.inf) if _finite(row.get("val_loss")) else math.inf
-    best_lr = min(tuning, key=tuning.get)
-    if not math.isfinite(tuning[best_lr]):
+        path = run_dir / "tune" / f"adam-lr{lr_tag(lr)}"
+        row = run_one(path, codec_config(cfg, "adam", lr, cfg["tune_seed"]), group)
+        tuning[lr] = {"train_loss": tail_loss(path), "val_loss": row["val_loss"] if _finite(row.get("val_loss")) else math.inf}
+    best_lr = min(tuning, key=lambda lr: tuning[lr][cfg["tune_on"]])
+    if not math.isfinite(tuning[best_lr][cfg["tune_on"]]):
         raise UserError("every Adam learning rate of the grid diverged; widen adam_lrs")
 
     runs: dict[str, dict[int, Path]] = {}
@@ -168,6 +172,14 @@ def curve(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     loss = np.array([r["loss"] if _finite(r["loss"]) else math.inf for r in rows], dtype=float)
     wall = np.array([r["wall_time"] for r in rows], dtype=float)
     return steps, loss, wall
+
+
+def tail_loss(path: Path) -> float:
+    """Mean logged training loss over the last 10% of a run (inf if it diverged): the tuning criterion
+    `train_loss`, less noisy than the single last window."""
+    steps, loss, _ = curve(path)
+    tail = loss[steps > steps[-1] * 0.9] if len(steps) > 1 else loss
+    return float(np.mean(tail)) if np.all(np.isfinite(loss)) else math.inf
 
 
 def first_reach(steps, values, target) -> float | None:
@@ -238,7 +250,7 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuning: dict, best_lr
         "steps": T, "seeds": sorted(int(s) for s in next(iter(per_opt.values()))["seeds"]),
         "meta_training_horizon": horizon, "report_steps": checkpoints,
         "adam_lr_grid": {lr_tag(lr): v for lr, v in tuning.items()}, "tuned_adam_lr": best_lr,
-        "tuning_criterion": "validation RD loss on the held-out test images after T steps",
+        "tuning_criterion": TUNE_ON[cfg["tune_on"]],
         "target_loss": target, "target_definition": "mean over seeds of tuned Adam's training loss at T",
         "optimizers": per_opt, "ratios_vs_adam": ratios,
         "final_rd": {opt: {str(seed): _final_rd(path) for seed, path in by_seed.items()}
@@ -297,9 +309,10 @@ def report_markdown(summary: dict) -> str:
     lines = ["# LSTM vs tuned Adam", "",
              f"T = {summary['steps']} steps, seeds {summary['seeds']}, meta-training horizon "
              f"{_fmt(summary['meta_training_horizon'])}.", "",
-             "## Adam LR tuning (validation RD loss on held-out images)", "", "| lr | val loss |", "|---|---|"]
-    lines += [f"| {lr}{' **(best)**' if float(lr) == summary['tuned_adam_lr'] else ''} | {_fmt(v)} |"
-              for lr, v in summary["adam_lr_grid"].items()]
+             "## Adam LR tuning", "", f"Criterion: {summary['tuning_criterion']}.", "",
+             "| lr | training loss (last 10%) | validation loss |", "|---|---|---|"]
+    lines += [f"| {lr}{' **(best)**' if float(lr) == summary['tuned_adam_lr'] else ''} | {_fmt(v['train_loss'])} | "
+              f"{_fmt(v['val_loss'])} |" for lr, v in summary["adam_lr_grid"].items()]
     lines += ["", f"Target loss (tuned Adam's mean training loss at T): **{_fmt(summary['target_loss'])}**", "",
               "## Steps to target", "",
               "| optimizer | " + " | ".join(f"seed {s}" for s in summary["seeds"])
