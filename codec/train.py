@@ -189,9 +189,9 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
                     save(run_dir / "best.pt", with_state=False)
             if step == cfg["steps"] and cfg["eval_at_end"]:
                 row.update(entropy_coded_eval(cfg, run_dir, device))
-            row = run.log(row, step)
-            window = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
             progress.set_postfix(loss=f"{row['loss']:.4f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
+            run.log(row, step)
+            window = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
         if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
             save(latest, with_state=True)
     progress.close()

@@ -3,7 +3,9 @@
 # one change, then compare it with LR-tuned Adam on the held-out codec task of configs/compare/default.yaml.
 # Tuned Adam is run once (compare-default) and reused by every variant: the same task, LR grid and seeds,
 # so only the learned optimizer differs. Prints a markdown table at the end.
-#   bash experiments/ablation.sh            # PY=.venv/bin/python SEEDS=5 OUT=runs/ablation by default
+#   bash experiments/ablation.sh     # env: PY=.venv/bin/python SEEDS=5 OUT=runs/ablation ORDER="<variants>"
+#                                    #      COMPARE_ARGS="--threads 1" (extra metaopt.compare flags)
+# Two variants can run side by side (ORDER=... in two shells) once compare-default exists.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 SEEDS=${SEEDS:-5}
@@ -19,14 +21,17 @@ ORDER=${ORDER:-"default direct-output no-momenta no-loss-scaling"}
 
 for name in $ORDER; do
   meta="$OUT/meta-$name"
-  resume=""; [ -f "$meta/checkpoint.pt" ] && resume="--resume"  # a finished meta-training resumes as a no-op
-  # shellcheck disable=SC2086
-  $PY -m metaopt.meta_train --run-dir "$meta" ${VARIANTS[$name]} $resume
+  if [ ! -f "$meta/.done" ]; then  # resumable: an interrupted meta-training continues, a finished one is kept
+    resume=""; [ -f "$meta/checkpoint.pt" ] && resume="--resume"
+    # shellcheck disable=SC2086
+    $PY -m metaopt.meta_train --run-dir "$meta" ${VARIANTS[$name]} $resume && touch "$meta/.done"
+  fi
   cmp="$OUT/compare-$name"
   if [ "$name" != default ] && [ ! -d "$cmp" ]; then  # reuse the tuned-Adam runs of the default variant
     mkdir -p "$cmp/runs" && cp -r "$OUT/compare-default/tune" "$cmp/" && cp -r "$OUT"/compare-default/runs/adam-* "$cmp/runs/"
   fi
-  $PY -m metaopt.compare --lopt "$meta/lopt.pt" --seeds "$SEEDS" --run-dir "$cmp" --resume
+  # shellcheck disable=SC2086
+  $PY -m metaopt.compare --lopt "$meta/lopt.pt" --seeds "$SEEDS" --run-dir "$cmp" --resume ${COMPARE_ARGS:-}
 done
 
 $PY - "$OUT" $ORDER <<'PY'

@@ -68,3 +68,20 @@ def test_non_finite_losses_are_skipped_counted_and_never_checkpointed(tmp_path, 
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     exp_avg = [s["exp_avg"] for s in state["optimizer"]["state"].values()]
     assert exp_avg and all(torch.isfinite(t).all() for t in exp_avg)
+
+
+def test_a_window_of_only_non_finite_losses_is_logged_not_fatal(tmp_path, image_folder, monkeypatch):
+    """A diverged run (every loss NaN, e.g. too large an LR in a sweep) must finish and say so in its metrics."""
+    real_forward = train_module.RateDistortionLoss.forward
+
+    def poisoned(self, output, target):
+        terms = real_forward(self, output, target)
+        if self.training:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module.RateDistortionLoss, "forward", poisoned)
+    train_module.main(["--data", str(image_folder), "--run-dir", str(tmp_path / "r"), *TINY, "--steps", "4",
+                       "--log-every", "2"])
+    rows = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    assert [r["loss"] for r in rows] == ["nan", "nan"] and rows[-1]["skipped_steps"] == 4
