@@ -1,11 +1,14 @@
 """LSTM vs LR-tuned Adam: `python -m metaopt.compare [--lopt PATH] [--seeds N] [--steps T] ...`.
 
-1. Tune Adam: one run per learning rate of the grid (seed `tune_seed`, T steps); the LR with the lowest
-   validation RD loss on the held-out "test" images wins. A default Adam proves nothing.
+1. Tune Adam: one run per learning rate of the grid and tuning seed (`tune_seeds`, never reported; T steps);
+   the LR with the lowest mean training loss over the last 10% of steps wins (`tune_on: val_loss` = the
+   validation RD loss on the held-out "test" images instead), and an LR that diverged on any tuning seed is
+   out: a tuned baseline must be stable, not lucky. A default Adam proves nothing.
 2. Run every optimizer x seed for T steps on the same held-out codec task (tuned Adam; the others at their
    defaults), each a full `codec.train` run logged to W&B with a shared group, job_type "compare" and
    tags [optimizer].
-3. Analyse the runs' own metrics.jsonl: target loss = tuned Adam's final training loss (mean over seeds),
+3. Analyse the runs' own metrics.jsonl: target loss = tuned Adam's final training loss (mean over the seeds
+   that did not diverge),
    steps and seconds to reach it per run, median ratios other/Adam, losses at 1x/5x/10x the learned
    optimizer's meta-training horizon, divergence flags. Write summary.json, report.md and
    convergence.png (vs step and vs wall time, mean and min-max band over seeds, log scale), and log them
@@ -86,14 +89,15 @@ def check_config(cfg: dict) -> dict:
     if cfg["steps"] <= 0:
         raise UserError(f"steps must be positive, got {cfg['steps']}")
     seeds = parse_seeds(cfg["seeds"])
-    if cfg["tune_seed"] in seeds:
-        raise UserError(f"tune_seed {cfg['tune_seed']} is one of the reported seeds; pick another")
-    codec_cfg = codec_config(cfg, optimizer="adam", lr=cfg["adam_lrs"][0], seed=cfg["tune_seed"])
+    tune_seeds = parse_seeds(cfg["tune_seeds"])
+    if set(tune_seeds) & set(seeds):
+        raise UserError(f"tune_seeds {sorted(set(tune_seeds) & set(seeds))} are also reported seeds; pick others")
+    codec_cfg = codec_config(cfg, optimizer="adam", lr=cfg["adam_lrs"][0], seed=tune_seeds[0])
     if "lstm" in optimizers:
         from metaopt.optim import load_lopt
 
         load_lopt(cfg["lopt"])  # fail now, not after an hour of Adam runs
-    return {"seeds": seeds, "codec": codec_cfg}
+    return {"seeds": seeds, "tune_seeds": tune_seeds, "codec": codec_cfg}
 
 
 def codec_config(cfg: dict, optimizer: str, lr, seed: int) -> dict:
@@ -141,10 +145,15 @@ def run_compare(cfg: dict, run_dir: Path) -> dict:
 
     tuning = {}
     for lr in cfg["adam_lrs"]:
-        path = run_dir / "tune" / f"adam-lr{lr_tag(lr)}"
-        row = run_one(path, codec_config(cfg, "adam", lr, cfg["tune_seed"]), group)
-        tuning[lr] = {"train_loss": tail_loss(path), "val_loss": row["val_loss"] if _finite(row.get("val_loss")) else math.inf}
-    best_lr = min(tuning, key=lambda lr: tuning[lr][cfg["tune_on"]])
+        train_losses, val_losses = [], []
+        for seed in plan["tune_seeds"]:
+            path = run_dir / "tune" / f"adam-lr{lr_tag(lr)}-s{seed}"
+            row = run_one(path, codec_config(cfg, "adam", lr, seed), group)
+            train_losses.append(tail_loss(path))
+            val_losses.append(row["val_loss"] if _finite(row.get("val_loss")) else math.inf)
+        tuning[lr] = {"train_loss": float(np.mean(train_losses)), "val_loss": float(np.mean(val_losses)),
+                      "diverged": sum(not math.isfinite(x) for x in train_losses)}
+    best_lr = min(tuning, key=lambda lr: tuning[lr][cfg["tune_on"]] if not tuning[lr]["diverged"] else math.inf)
     if not math.isfinite(tuning[best_lr][cfg["tune_on"]]):
         raise UserError("every Adam learning rate of the grid diverged; widen adam_lrs")
 
@@ -206,8 +215,8 @@ def _ratio(a: float, b: float) -> float | None:
 def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuning: dict, best_lr: float,
               horizon: int | None) -> dict:
     curves = {opt: {seed: curve(path) for seed, path in by_seed.items()} for opt, by_seed in runs.items()}
-    adam_final = [c[1][-1] for c in curves["adam"].values()]
-    target = float(np.mean(adam_final)) if all(map(math.isfinite, adam_final)) else math.inf
+    adam_final = [c[1][-1] for c in curves["adam"].values() if math.isfinite(c[1][-1])]
+    target = float(np.mean(adam_final)) if adam_final else math.inf
     T = cfg["steps"]
     checkpoints = ([horizon, 5 * horizon, 10 * horizon] if horizon else [max(1, T // 10), max(1, T // 2), T])
     checkpoints = [s for s in checkpoints if s <= T]
@@ -251,7 +260,9 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuning: dict, best_lr
         "meta_training_horizon": horizon, "report_steps": checkpoints,
         "adam_lr_grid": {lr_tag(lr): v for lr, v in tuning.items()}, "tuned_adam_lr": best_lr,
         "tuning_criterion": TUNE_ON[cfg["tune_on"]],
-        "target_loss": target, "target_definition": "mean over seeds of tuned Adam's training loss at T",
+        "target_loss": target,
+        "target_definition": "mean over the non-diverged seeds of tuned Adam's training loss at T",
+        "tune_seeds": parse_seeds(cfg["tune_seeds"]),
         "optimizers": per_opt, "ratios_vs_adam": ratios,
         "final_rd": {opt: {str(seed): _final_rd(path) for seed, path in by_seed.items()}
                      for opt, by_seed in runs.items()},
@@ -310,9 +321,10 @@ def report_markdown(summary: dict) -> str:
              f"T = {summary['steps']} steps, seeds {summary['seeds']}, meta-training horizon "
              f"{_fmt(summary['meta_training_horizon'])}.", "",
              "## Adam LR tuning", "", f"Criterion: {summary['tuning_criterion']}.", "",
-             "| lr | training loss (last 10%) | validation loss |", "|---|---|---|"]
+             f"Tuning seeds {summary['tune_seeds']} (means over them; an LR that diverged on any is out).", "",
+             "| lr | training loss (last 10%) | validation loss | diverged |", "|---|---|---|---|"]
     lines += [f"| {lr}{' **(best)**' if float(lr) == summary['tuned_adam_lr'] else ''} | {_fmt(v['train_loss'])} | "
-              f"{_fmt(v['val_loss'])} |" for lr, v in summary["adam_lr_grid"].items()]
+              f"{_fmt(v['val_loss'])} | {v['diverged']} |" for lr, v in summary["adam_lr_grid"].items()]
     lines += ["", f"Target loss (tuned Adam's mean training loss at T): **{_fmt(summary['target_loss'])}**", "",
               "## Steps to target", "",
               "| optimizer | " + " | ".join(f"seed {s}" for s in summary["seeds"])

@@ -27,7 +27,9 @@ def test_compare_end_to_end_summary_matches_the_runs_metrics(tmp_path, image_fol
     assert json.loads((out / "summary.json").read_text())["target_loss"] == pytest.approx(summary["target_loss"])
 
     # the tuned LR is the argmin of the tuning runs' training loss over the last 10% of steps (here: step 9)
-    tail = {lr: read_metrics(out / "tune" / f"adam-lr{lr}" / "metrics.jsonl")[-1]["loss"] for lr in ("0.001", "0.003")}
+    # (mean over the two default tuning seeds; an LR that diverged on either would be out)
+    tail = {lr: sum(read_metrics(out / "tune" / f"adam-lr{lr}-s{s}" / "metrics.jsonl")[-1]["loss"]
+                    for s in (1000, 1001)) / 2 for lr in ("0.001", "0.003")}
     assert summary["tuned_adam_lr"] == float(min(tail, key=tail.get))
     assert summary["adam_lr_grid"]["0.001"]["train_loss"] == pytest.approx(tail["0.001"])
 
@@ -80,6 +82,8 @@ def test_an_interrupted_compare_skips_finished_runs(tmp_path, image_folder, lopt
     (["--seeds", "1.5,2"], "seeds must be integers"),
     (["--seeds", "0"], "at least 1"),
     (["--optimizers", "lstm"], "must include adam"),
+    (["--tune-seeds", "1,1000"], "also reported seeds"),
+    (["--tune-on", "val_psnr"], "tune_on must be one of"),
     (["--lopt", "/nonexistent/lopt.pt"], "not found"),
 ])
 def test_bad_input_fails_before_any_run(tmp_path, capsys, args, message):
