@@ -183,6 +183,11 @@ def curve(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return steps, loss, wall
 
 
+def is_diverged(loss: np.ndarray) -> bool:
+    """Non-finite somewhere, or ending above where it started."""
+    return bool(not np.all(np.isfinite(loss)) or loss[-1] > loss[0])
+
+
 def tail_loss(path: Path) -> float:
     """Mean logged training loss over the last 10% of a run (inf if it diverged): the tuning criterion
     `train_loss`, less noisy than the single last window."""
@@ -225,8 +230,7 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuning: dict, best_lr
     for opt, by_seed in curves.items():
         entry = {"seeds": {}}
         for seed, (steps, loss, wall) in by_seed.items():
-            first = loss[0]
-            diverged = bool(not np.all(np.isfinite(loss)) or loss[-1] > first)
+            diverged = is_diverged(loss)
             reach_step = first_reach(steps, loss, target)
             reach_wall = first_reach(wall, loss, target)
             entry["seeds"][str(seed)] = {
@@ -238,8 +242,9 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuning: dict, best_lr
         seeds = entry["seeds"].values()
         entry["median_steps_to_target"] = _median_or_inf([s["steps_to_target"] for s in seeds])
         entry["median_seconds_to_target"] = _median_or_inf([s["seconds_to_target"] for s in seeds])
-        entry["mean_loss_at"] = {str(c): _mean([s["loss_at"][str(c)] for s in seeds]) for c in checkpoints}
-        entry["mean_final_loss"] = _mean([s["final_loss"] for s in seeds])
+        stable = [s for s in seeds if not s["diverged"]]  # means over the runs that did not diverge
+        entry["mean_loss_at"] = {str(c): _mean([s["loss_at"][str(c)] for s in stable]) for c in checkpoints}
+        entry["mean_final_loss"] = _mean([s["final_loss"] for s in stable])
         entry["divergences"] = sum(s["diverged"] for s in seeds)
         per_opt[opt] = entry
 
@@ -283,14 +288,18 @@ def _final_rd(path: Path) -> dict:
 def plot_convergence(runs: dict[str, dict[int, Path]], target: float, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for opt, by_seed in runs.items():
-        curves = [curve(p) for p in by_seed.values()]
+        all_curves = [curve(p) for p in by_seed.values()]
+        curves = [c for c in all_curves if not is_diverged(c[1])]  # a diverged run would swamp a log-scale mean
+        note = f", {len(all_curves) - len(curves)} diverged, not drawn" if len(curves) < len(all_curves) else ""
+        if not curves:
+            continue
         n = min(len(c[0]) for c in curves)
         steps = curves[0][0][:n]
         loss = np.stack([c[1][:n] for c in curves])
         wall = np.mean(np.stack([c[2][:n] for c in curves]), axis=0)
         mean = np.exp(np.mean(np.log(np.clip(loss, 1e-12, 1e30)), axis=0))  # geometric mean: log-scale plot
         for ax, x in ((axes[0], steps), (axes[1], wall)):
-            line, = ax.plot(x, mean, label=f"{opt} ({len(curves)} seeds)")
+            line, = ax.plot(x, mean, label=f"{opt} ({len(curves)} seeds{note})")
             ax.fill_between(x, np.clip(loss.min(0), 1e-12, None), np.clip(loss.max(0), None, 1e30),
                             color=line.get_color(), alpha=0.2)
     for ax, xlabel in ((axes[0], "step"), (axes[1], "wall time (s)")):

@@ -134,3 +134,27 @@ def test_kill_9_during_compare_then_resume_gives_the_uninterrupted_summary(tmp_p
         return s
 
     assert comparable(killed) == comparable(tmp_path / "full")
+
+
+def test_a_diverged_seed_is_flagged_and_kept_out_of_target_means_and_plot(tmp_path):
+    def fake_run(name, losses):
+        path = tmp_path / name
+        path.mkdir()
+        rows = [{"step": 10 * (i + 1), "loss": loss, "wall_time": float(i)} for i, loss in enumerate(losses)]
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    runs = {"adam": {0: fake_run("a0", [9.0, 5.0, 4.0]), 1: fake_run("a1", [9.0, 1e30, "nan"]),
+                     2: fake_run("a2", [9.0, 6.0, 2.0])},
+            "lstm": {0: fake_run("l0", [9.0, 3.0, 2.5]), 1: fake_run("l1", [9.0, 4.0, 3.5]),
+                     2: fake_run("l2", [9.0, 2.0, 1.5])}}
+    tuning = {1e-3: {"train_loss": 3.0, "val_loss": 4.0, "diverged": 0}}
+    summary = compare.summarize({"steps": 30, "tune_seeds": [1000], "tune_on": "train_loss"}, runs, tuning, 1e-3, horizon=None)
+    adam, lstm = summary["optimizers"]["adam"], summary["optimizers"]["lstm"]
+    assert summary["target_loss"] == pytest.approx(3.0)  # mean of 4.0 and 2.0: the diverged seed is left out
+    assert adam["divergences"] == 1 and adam["seeds"]["1"]["diverged"] and lstm["divergences"] == 0
+    assert adam["seeds"]["1"]["steps_to_target"] is None
+    assert adam["mean_final_loss"] == pytest.approx(3.0)
+    assert [lstm["seeds"][s]["steps_to_target"] for s in "012"] == [20, None, 20]
+    compare.plot_convergence(runs, summary["target_loss"], tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 0
