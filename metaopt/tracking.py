@@ -88,7 +88,8 @@ class Run:
             id_file.write_text(run_id)
             self.wandb = wandb.init(project=PROJECT, dir=str(self.dir), id=run_id, resume="allow", mode=mode,
                                     config=config, job_type=job_type, group=group, tags=tags, name=name,
-                                    settings=wandb.Settings(init_timeout=60, console="off"))
+                                    settings=wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 60)),
+                                                            console="off"))
         except Exception as e:  # noqa: BLE001 - bad key, no network, full disk: never fatal
             self._warn("init", e)
 

@@ -32,6 +32,23 @@ def test_wandb_failures_never_stop_the_run(tmp_path, monkeypatch, capsys):
     assert read_metrics(tmp_path / "r" / "metrics.jsonl")[0]["loss"] == 1.0
 
 
+def test_real_wandb_online_with_unreachable_server_and_bad_key_is_not_fatal(tmp_path):
+    """The real package, no mocks: online mode against a closed port with a made-up key."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40,
+           "WANDB_INIT_TIMEOUT": "5"}
+    code = ("import sys; from metaopt.tracking import Run; r = Run(sys.argv[1], {'a': 1}, job_type='x'); "
+            "r.log({'loss': 1.0}, step=1); r.log({'loss': 0.5}, step=2); r.finish()")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warning: W&B init failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert [r["loss"] for r in read_metrics(tmp_path / "r" / "metrics.jsonl")] == [1.0, 0.5]
+
+
 def test_a_failing_log_call_disables_the_mirror_but_keeps_local_metrics(tmp_path, capsys):
     run = Run(tmp_path / "r", {}, job_type="x")
 
