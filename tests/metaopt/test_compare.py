@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from metaopt import compare
@@ -22,7 +23,7 @@ def test_compare_end_to_end_summary_matches_the_runs_metrics(tmp_path, image_fol
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "cmp"
     summary = compare.main(["--run-dir", str(out), "--data", str(image_folder), "--lopt", str(lopt_file),
-                            "--seeds", "2", "--steps", "9", "--adam-lrs", "1e-3,3e-3", *TINY])
+                            "--seeds", "2", "--steps", "9", "--adam-lrs", "1e-3,3e-3", "--smooth", "1", *TINY])
     assert {p.name for p in out.iterdir()} >= {"summary.json", "report.md", "convergence.png", "runs", "tune"}
     assert json.loads((out / "summary.json").read_text())["target_loss"] == pytest.approx(summary["target_loss"])
 
@@ -158,3 +159,11 @@ def test_a_diverged_seed_is_flagged_and_kept_out_of_target_means_and_plot(tmp_pa
     assert [lstm["seeds"][s]["steps_to_target"] for s in "012"] == [20, None, 20]
     compare.plot_convergence(runs, summary["target_loss"], tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_statistics_read_the_smoothed_curve():
+    assert compare.trailing_mean(np.array([4.0, 2.0, 6.0, math.inf, 1.0]), 2).tolist() == [4.0, 3.0, 4.0, math.inf, math.inf]
+    steps, noisy = np.array([10, 20, 30, 40, 50]), np.array([9.0, 3.0, 8.0, 5.0, 4.0])
+    # raw, the lucky window at step 20 "reaches" 5.4; smoothed over 3 windows the trend gets there at step 40
+    assert compare.first_reach(steps, noisy, 5.4) == 20
+    assert compare.first_reach(steps, compare.trailing_mean(noisy, 3), 5.4) == 40
