@@ -156,7 +156,7 @@ def main(argv=None):
         # The yardstick for val_score: plain Adam at the LSTM's nominal step size on the same held-out tasks
         # (the untrained network starts close to it, so meta-training must beat this number to be worth it).
         # fork_rng: computing the yardstick must not shift the random stream meta-training then draws from.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
             adam_score, adam_div = validate(lambda p: torch.optim.Adam(p, lr=cfg["lr"]), family, cfg, device)
         run.log({"val_score_adam": adam_score, "val_diverged_adam": adam_div}, step=0)
 
