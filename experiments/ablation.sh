@@ -37,13 +37,14 @@ done
 $PY - "$OUT" $ORDER <<'PY'
 import json, sys
 out, names = sys.argv[1], sys.argv[2:]
-print("| variant | steps-to-target ratio (median) | loss ratio at 1x / 5x / 10x horizon | divergences |")
-print("|---|---|---|---|")
+print("| variant | steps-to-target ratio (median) | loss ratio at 1x / 5x / 10x horizon | LSTM divergences "
+      "| tuned-Adam divergences |")
+print("|---|---|---|---|---|")
 for name in names:
     s = json.load(open(f"{out}/compare-{name}/summary.json"))
     r, lstm = s["ratios_vs_adam"]["lstm"], s["optimizers"]["lstm"]
     ratio = r["steps_to_target_ratio"]
     at = " / ".join("—" if v is None else f"{v:.3f}" for v in r["loss_ratio_at"].values())
     print(f"| {name} | {'never reached' if ratio is None or ratio == float('inf') else f'{ratio:.2f}'} | {at} "
-          f"| {lstm['divergences']}/{len(lstm['seeds'])} |")
+          f"| {lstm['divergences']}/{len(lstm['seeds'])} | {s['optimizers']['adam']['divergences']}/{len(lstm['seeds'])} |")
 PY
