@@ -1,16 +1,15 @@
 """Fault tolerance of codec.train: kill -9 at random points, then --resume; injected non-finite losses."""
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import torch
 
 from codec import train as train_module
 from metaopt.tracking import read_metrics
 from tests.codec.test_train import TINY
+from tests.faults import start_and_kill
 
 ARGS = [*TINY, "--checkpoint-every", "3", "--log-every", "2", "--val-every", "6", "--steps", "30"]
 
@@ -28,19 +27,9 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pat
     subprocess.run(_cmd(tmp_path / "full", image_folder), env=env, check=True, capture_output=True)
     rng = random.Random(0)
     run_dir, kills = tmp_path / "killed", 0
-    for attempt in range(3):
+    for _ in range(3):
         resume = ["--resume"] if (run_dir / "checkpoint.pt").exists() else []
-        proc = subprocess.Popen(_cmd(run_dir, image_folder, *resume), env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        start_size = len(read_metrics(run_dir / "metrics.jsonl"))
-        while time.time() < deadline and proc.poll() is None and len(read_metrics(run_dir / "metrics.jsonl")) <= start_size:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.3))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += start_and_kill(_cmd(run_dir, image_folder, *resume), env, run_dir / "metrics.jsonl", rng)
         state = torch.load(run_dir / "checkpoint.pt", weights_only=False)  # never torn
         assert state["step"] % 3 == 0 or state["step"] == 30
     assert kills >= 1

@@ -99,12 +99,11 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     """Real subprocesses killed with SIGKILL mid-run; the in-flight inner task is restored exactly."""
     import os
     import random
-    import signal
     import subprocess
     import sys
-    import time
 
     from metaopt.tracking import read_metrics
+    from tests.faults import start_and_kill
 
     args = TINY + ["--meta-steps", "40", "--checkpoint-every", "3", "--val-every", "10", "--threads", "1"]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
@@ -113,15 +112,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     run, rng, kills = tmp_path / "killed", random.Random(0), 0
     for _ in range(3):
         extra = ["--resume"] if (run / "checkpoint.pt").exists() else []
-        proc = subprocess.Popen(cmd(run, *extra), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        seen, deadline = len(read_metrics(run / "metrics.jsonl")), time.time() + 60
-        while time.time() < deadline and proc.poll() is None and len(read_metrics(run / "metrics.jsonl")) <= seen + 2:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.2))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += start_and_kill(cmd(run, *extra), env, run / "metrics.jsonl", rng, new_rows=3, max_delay=0.2)
         if (run / "checkpoint.pt").exists():
             torch.load(run / "checkpoint.pt", weights_only=False)  # never torn
     assert kills >= 1
