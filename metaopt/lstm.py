@@ -20,8 +20,8 @@ its 60-step horizon and exploded far beyond it):
   A step is at most e^alpha times Adam's plus beta*lr whatever the LSTM outputs, and with the output layer
   near zero it *is* Adam. Measured: no faster than LR-tuned Adam per step, no divergence.
   ``direct`` (Andrychowicz 2016): update = -lr * out. Measured (README "Ablation"): 0.45x tuned Adam's steps
-  to its final loss at 10x the meta-training horizon, then loss spikes and overflow at ~20x: the failure mode
-  above, postponed rather than removed by the stationary inputs.
+  to its final loss at 10x the meta-training horizon, then overflow at 11-20x in both longer runs: the
+  failure mode above, postponed rather than removed by the stationary inputs.
 """
 from __future__ import annotations
 
