@@ -8,6 +8,7 @@ best.pt (best validation loss). `--resume` continues exactly: model, both optimi
 from __future__ import annotations
 
 import math
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +32,8 @@ CHECKPOINT_FORMAT = "codec-train-v1"
 def check_config(cfg: dict) -> None:
     if cfg["model"] not in MODELS:
         raise UserError(f"unknown model {cfg['model']!r}; choose one of: {', '.join(MODELS)}")
-    for key in ("steps", "val_every", "log_every", "checkpoint_every", "val_crop", "threads", "workers"):
+    for key in ("steps", "val_every", "log_every", "checkpoint_every", "val_crop", "threads", "workers",
+                "stop_after_nonfinite"):
         if cfg[key] < 0:
             raise UserError(f"{key} must be >= 0, got {cfg[key]}")
     for key in ("batch_size", "crop", "N", "M", "val_every", "log_every", "checkpoint_every"):
@@ -113,7 +115,7 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     # loss/bpp/mse are logged as means over the steps since the previous row (smoother curves, no
     # cherry-picked single batch); the partial sums are part of the checkpoint so resume stays exact.
     window = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
-    step, best_val, elapsed_before, skipped = 0, math.inf, 0.0, 0
+    step, best_val, elapsed_before, skipped, streak = 0, math.inf, 0.0, 0, 0
     if cfg["resume"]:
         state = ckpt_io.load(latest)
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -127,6 +129,7 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         ckpt_io.set_rng_state(state["rng"])
         step, best_val = state["step"], state["best_val"]
         elapsed_before, skipped, window = state["elapsed"], state["skipped_steps"], state["window"]
+        streak = state.get("nonfinite_streak", 0)
 
     run = Run(run_dir, cfg, job_type="codec-train", group=group or cfg["group"], tags=[cfg["optimizer"]],
               resume_step=step if cfg["resume"] else None)
@@ -139,7 +142,7 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
 
     def save(path: Path, with_state: bool) -> None:
         extra = {"best_val": best_val, "elapsed": elapsed_before + time.time() - started, "skipped_steps": skipped,
-                 "window": dict(window)}
+                 "nonfinite_streak": streak, "window": dict(window)}
         if with_state:
             extra.update(optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
                          rng=ckpt_io.rng_state())
@@ -156,9 +159,11 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         terms["loss"].backward()
         if not torch.isfinite(terms["loss"]):
             skipped += 1  # a non-finite loss would poison both optimizers' states: skip the update
+            streak += 1
             optimizer.zero_grad(set_to_none=True)
             opt_time = float("nan")
         else:
+            streak = 0
             if cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(net_params, cfg["grad_clip"])
             opt_start = time.perf_counter()
@@ -175,13 +180,17 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         aux_optimizer.step()
         step += 1
         step_time = time.perf_counter() - step_start
+        # A run whose every step is skipped has diverged for good: stop instead of burning compute until T.
+        stop = bool(cfg["stop_after_nonfinite"]) and streak >= cfg["stop_after_nonfinite"]
 
-        if step % cfg["log_every"] == 0 or step % cfg["val_every"] == 0 or step == cfg["steps"]:
+        if stop or step % cfg["log_every"] == 0 or step % cfg["val_every"] == 0 or step == cfg["steps"]:
             row = {name: float(window[name]) / window["n"] if window["n"] else float("nan")
                    for name in ("loss", "bpp", "mse")}
             row.update(psnr=psnr(row["mse"]), aux_loss=float(aux_loss.detach()), step_time=step_time,
                        opt_step_time=opt_time, skipped_steps=skipped + getattr(optimizer, "skipped_updates", 0),
                        wall_time=elapsed_before + time.time() - started)
+            if stop:
+                row["stopped_nonfinite"] = True
             if step % cfg["val_every"] == 0 or step == cfg["steps"]:
                 row.update(validate(model, loss_fn, val_images, device))
                 if row["val_loss"] < best_val:
@@ -192,8 +201,12 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
             progress.set_postfix(loss=f"{row['loss']:.4f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
             run.log(row, step)
             window = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
-        if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
+        if stop or step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
             save(latest, with_state=True)
+        if stop:
+            print(f"warning: stopped at step {step}: {streak} consecutive non-finite losses (the run diverged)",
+                  file=sys.stderr)
+            break
     progress.close()
     run.summary({**row, "best_val_loss": best_val})
     run.finish()

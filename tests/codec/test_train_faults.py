@@ -74,3 +74,25 @@ def test_a_window_of_only_non_finite_losses_is_logged_not_fatal(tmp_path, image_
                        "--log-every", "2"])
     rows = read_metrics(tmp_path / "r" / "metrics.jsonl")
     assert [r["loss"] for r in rows] == ["nan", "nan"] and rows[-1]["skipped_steps"] == 4
+
+
+def test_a_diverged_run_stops_instead_of_running_to_the_end(tmp_path, image_folder, monkeypatch, capsys):
+    real_forward = train_module.RateDistortionLoss.forward
+    calls = {"n": 0}
+
+    def poisoned_from_step_3(self, output, target):
+        terms = real_forward(self, output, target)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] >= 3:
+                terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module.RateDistortionLoss, "forward", poisoned_from_step_3)
+    run_dir = tmp_path / "r"
+    train_module.main(["--data", str(image_folder), "--run-dir", str(run_dir), *TINY, "--steps", "20",
+                       "--log-every", "5", "--stop-after-nonfinite", "4"])
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert rows[-1]["step"] == 6 and rows[-1]["stopped_nonfinite"] is True and rows[-1]["skipped_steps"] == 4
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 6
+    assert "stopped at step 6" in capsys.readouterr().err
