@@ -37,6 +37,7 @@ from metaopt.checkpoint import seed_everything
 from metaopt.config import CONFIG_DIR, parse_config, read_yaml
 from metaopt.errors import UserError, cli_entry
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
+from metaopt.memory import pin_mmap_threshold
 from metaopt.meta_train import build_family, lstm_config
 from metaopt.optim import PRETRAINED, LSTMOptimizer, lopt_blob
 from metaopt.unroll import start_task, unroll
@@ -202,6 +203,7 @@ def measure_scale(scale: dict, spec: dict) -> dict:
 def meta_probe(spec: dict) -> dict:
     """(In a fresh process.) `truncations` meta-steps of K inner steps on one task, as metaopt.meta_train runs
     them: time per meta-step (the first is warm-up), peak memory, the meta-loss graph size per truncation."""
+    pin_mmap_threshold()  # as metaopt.meta_train does
     torch.set_num_threads(spec["threads"])
     seed_everything(spec["seed"])
     device = torch.device(spec["device"])

@@ -27,6 +27,7 @@ from metaopt.checkpoint import atomic_save, load, rng_state, seed_everything, se
 from metaopt.config import parse_config
 from metaopt.errors import UserError, cli_entry
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
+from metaopt.memory import pin_mmap_threshold
 from metaopt.optim import LSTMOptimizer, lopt_blob
 from metaopt.tracking import Run
 from metaopt.unroll import TaskState, start_task, unroll
@@ -49,7 +50,8 @@ def build_family(cfg: dict):
 
 def lstm_config(cfg: dict) -> LSTMConfig:
     try:
-        return LSTMConfig(hidden=cfg["hidden"], layers=cfg["layers"], features=list(cfg["features"]),
+        return LSTMConfig(arch=cfg["arch"], hidden=cfg["hidden"], layers=cfg["layers"], mlp_hidden=cfg["mlp_hidden"],
+                          features=list(cfg["features"]),
                           momentum_betas=[float(b) for b in cfg["momentum_betas"]], output=cfg["output"],
                           alpha=cfg["alpha"], beta=cfg["beta"])
     except ValueError as e:
@@ -119,6 +121,7 @@ def restore_task_state(saved: dict, family, cfg: dict, device) -> TaskState:
 @cli_entry
 def main(argv=None):
     cfg = parse_config(argv, "meta/default.yaml", "Meta-train the coordinatewise LSTM optimizer.")
+    pin_mmap_threshold()  # otherwise CPU memory ratchets up over the first truncations (metaopt/memory.py)
     torch.set_num_threads(cfg["threads"])
     device = torch.device("cuda" if cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())
                           else "cpu")
@@ -139,7 +142,7 @@ def main(argv=None):
         ckpt = load(ckpt_path, what="meta-training checkpoint")
         if ckpt.get("version") != CHECKPOINT_VERSION or "net" not in ckpt:
             raise UserError(f"{ckpt_path} is not a meta-training checkpoint of this version")
-        if ckpt["lstm_config"] != net.cfg.to_dict():
+        if LSTMConfig(**ckpt["lstm_config"]).to_dict() != net.cfg.to_dict():  # old files lack newer defaults
             raise UserError(f"{ckpt_path} was written with another learned-optimizer architecture")
         net.load_state_dict(ckpt["net"])
         meta_opt.load_state_dict(ckpt["meta_opt"])

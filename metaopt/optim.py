@@ -97,7 +97,7 @@ class LSTMOptimizer(torch.optim.Optimizer):
                 raise UserError("LSTMOptimizer supports dense real gradients only")
             state = self.state[params[0]]
             if not state:
-                state.update(init_state(self.net.cfg, flat.numel(), flat.device, flat.dtype))
+                state.update(init_state(self.net.cfg, [p.numel() for p in params], flat.device, flat.dtype))
                 self.net.to(device=flat.device, dtype=flat.dtype)
             update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size)
             # A non-finite gradient (inf with a finite loss) would poison the moments and LSTM state for

@@ -45,13 +45,13 @@ class TaskState:
 def start_task(task: Task, net: LSTMOptimizerNet, horizon: int, loss_scale: float = 1.0) -> TaskState:
     params = [p.detach().clone() for p in task.model.parameters()]
     mask = task.net_mask()
-    num = sum(p.numel() for p, m in zip(params, mask) if m)
+    sizes = [p.numel() for p, m in zip(params, mask) if m]
     ref = params[0]
     with torch.no_grad():
         init_loss = task.loss(task.model, task.batch(0)).item()
     aux = [p for p, m in zip(params, mask) if not m]
     aux_state = {"m": [torch.zeros_like(p) for p in aux], "v": [torch.zeros_like(p) for p in aux], "t": 0}
-    return TaskState(task, params, init_state(net.cfg, num, ref.device, ref.dtype), aux_state, 0, horizon,
+    return TaskState(task, params, init_state(net.cfg, sizes, ref.device, ref.dtype), aux_state, 0, horizon,
                      init_loss, loss_scale)
 
 

@@ -9,7 +9,7 @@ from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state, preprocess_gr
 def test_preprocess_matches_andrychowicz():
     p = 10.0
     g = torch.tensor([1.0, -math.e ** -2, 1e-6, -1e-6, 0.0], dtype=torch.float64)
-    out = preprocess_grad(g, p)
+    out = preprocess_grad(g, p).T  # [P, 2]
     assert torch.allclose(out[0], torch.tensor([0.0, 1.0], dtype=torch.float64))
     assert torch.allclose(out[1], torch.tensor([-0.2, -1.0], dtype=torch.float64))
     # below e^-p: (-1, e^p * g)
@@ -18,16 +18,18 @@ def test_preprocess_matches_andrychowicz():
     assert out[4].tolist() == [-1.0, 0.0]
 
 
-@pytest.mark.parametrize("layers,output,chunk", [(1, "adam_correction", None), (2, "adam_correction", 7),
-                                                 (2, "direct", 5)])
-def test_fast_path_equals_reference(layers, output, chunk):
+@pytest.mark.parametrize("arch,layers,output,chunk", [
+    ("coordinate", 1, "adam_correction", None), ("coordinate", 2, "adam_correction", 7), ("coordinate", 2, "direct", 5),
+    ("tensor", 1, "adam_correction", None), ("tensor", 2, "adam_correction", 7), ("tensor", 1, "direct", 5)])
+def test_fast_path_equals_reference(arch, layers, output, chunk):
+    """The flat, fused, chunked step == one tensor at a time through torch.nn modules, to rtol 1e-10 in float64."""
     torch.manual_seed(0)
-    cfg = LSTMConfig(hidden=6, layers=layers, output=output, out_init_std=0.5)
+    cfg = LSTMConfig(arch=arch, hidden=6, layers=layers, output=output, out_init_std=0.5)
     net = LSTMOptimizerNet(cfg).double()
     shapes = [(3, 4), (5,), (2, 2, 2)]
     sizes = [math.prod(s) for s in shapes]
-    flat_state = init_state(cfg, sum(sizes), dtype=torch.float64)
-    ref_states = [init_state(cfg, n, dtype=torch.float64) for n in sizes]
+    flat_state = init_state(cfg, sizes, dtype=torch.float64)
+    ref_states = [init_state(cfg, [n], dtype=torch.float64) for n in sizes]
     for _ in range(4):  # several steps, so the carried state (momenta, h, c, t) is compared too
         grads = [torch.randn(s, dtype=torch.float64) * 10 ** torch.randint(-6, 1, ()).item() for s in shapes]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -36,22 +38,27 @@ def test_fast_path_equals_reference(layers, output, chunk):
             ref_updates, ref_states = reference_step(net, grads, ref_states, 1e-2)
         assert torch.allclose(update, torch.cat(ref_updates), rtol=1e-10, atol=1e-14)
         for key in ("m", "v", "h", "c"):
-            assert torch.allclose(flat_state[key], torch.cat([s[key] for s in ref_states]), rtol=1e-10, atol=1e-14)
+            dim = 1 if key == "m" and arch == "tensor" else 0  # tensor arch: momenta feature-major [B, P]
+            assert torch.allclose(flat_state[key], torch.cat([s[key] for s in ref_states], dim), rtol=1e-10, atol=1e-14)
     assert update.abs().max() > 0
 
 
-def test_adam_correction_is_bounded_and_starts_near_adam():
-    cfg = LSTMConfig(hidden=4, alpha=0.5, beta=0.1)
+@pytest.mark.parametrize("arch", ["coordinate", "tensor"])
+def test_adam_correction_is_bounded_and_starts_near_adam(arch):
+    cfg = LSTMConfig(arch=arch, hidden=4, alpha=0.5, beta=0.1)
     net = LSTMOptimizerNet(cfg)
-    with torch.no_grad():
-        net.out_w.normal_(0, 100.0)  # saturate the outputs: the step must stay inside the bounds
-    g = torch.randn(1000)
-    update, _, _ = net.step(g, init_state(cfg, 1000), lr=1.0)
+    with torch.no_grad():  # saturate the outputs: the step must stay inside the bounds
+        for name, p in net.named_parameters():
+            if "out_w" in name:
+                p.normal_(0, 100.0)
+    g = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    g = g + 0.1 * g.sign()  # |g| >= 0.1, so Adam's eps changes |m_hat/(sqrt(v_hat)+eps)| by < 1e-6
+    update, _, _ = net.step(g, init_state(cfg, [1000]), lr=1.0)
     # step 1: Adam's direction is sign(g) (|m_hat/sqrt(v_hat)| = 1), so |update| <= e^alpha + beta
     assert update.abs().max() <= math.exp(0.5) + 0.1 + 1e-5
     assert update.abs().min() >= math.exp(-0.5) - 0.1 - 1e-5
-    near = LSTMOptimizerNet(LSTMConfig(hidden=4, out_init_std=0.0))
-    update, _, _ = near.step(g, init_state(near.cfg, 1000), lr=1.0)
+    near = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=4, out_init_std=0.0))
+    update, _, _ = near.step(g, init_state(near.cfg, [1000]), lr=1.0)
     assert torch.allclose(update, -torch.sign(g), atol=1e-5)  # zero output layer == Adam's first step
 
 
@@ -62,3 +69,5 @@ def test_bad_config_rejected():
         LSTMConfig(adam_beta1=0.8)
     with pytest.raises(ValueError):
         LSTMConfig(output="sgd")
+    with pytest.raises(ValueError):
+        LSTMConfig(arch="layer")

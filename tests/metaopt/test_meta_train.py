@@ -15,21 +15,22 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_smoke_run_and_resume(tmp_path):
+@pytest.mark.parametrize("arch", ["coordinate", "tensor"])
+def test_smoke_run_and_resume(tmp_path, arch):
     run = tmp_path / "run"
-    main(TINY + ["--meta-steps", "4", "--run-dir", str(run)])
+    main(TINY + ["--arch", arch, "--meta-steps", "4", "--run-dir", str(run)])
     for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "lopt.pt"):
         assert (run / name).is_file(), name
     rows = _rows(run)
     assert [r["step"] for r in rows if "meta_loss" in r] == [1, 2, 3, 4]
     assert any("val_score" in r for r in rows)
     net, blob = load_lopt(run / "lopt.pt")
-    assert blob["meta"]["meta_step"] in (3, 4)
+    assert blob["meta"]["meta_step"] in (3, 4) and net.cfg.arch == arch
     model = torch.nn.Linear(3, 1)
     LSTMOptimizer(model.parameters(), lopt=run / "lopt.pt")  # the product loads as an optimizer
 
     before = torch.load(run / "checkpoint.pt", weights_only=False)["net"]
-    main(TINY + ["--meta-steps", "7", "--run-dir", str(run), "--resume"])
+    main(TINY + ["--arch", arch, "--meta-steps", "7", "--run-dir", str(run), "--resume"])
     after = torch.load(run / "checkpoint.pt", weights_only=False)
     assert after["meta_step"] == 7
     assert any(not torch.equal(before[k], after["net"][k]) for k in before)

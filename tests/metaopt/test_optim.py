@@ -35,11 +35,11 @@ def _train(model, opt, steps, start=0):
     return losses
 
 
-@pytest.fixture
-def lopt_file(tmp_path):
+@pytest.fixture(params=["coordinate", "tensor"])
+def lopt_file(tmp_path, request):
     torch.manual_seed(1)
     path = tmp_path / "lopt.pt"
-    save_lopt(LSTMOptimizerNet(LSTMConfig(hidden=4)), path, lr=1e-2)
+    save_lopt(LSTMOptimizerNet(LSTMConfig(arch=request.param, hidden=4)), path, lr=1e-2)
     return path
 
 

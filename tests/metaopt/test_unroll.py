@@ -1,4 +1,5 @@
 import higher
+import pytest
 import torch
 
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
@@ -30,10 +31,11 @@ def test_every_codec_net_parameter_is_in_the_graph():
     assert any(n.startswith("entropy_bottleneck.") for n in net_names)
 
 
-def test_meta_gradient_reaches_every_lstm_weight_through_a_codec_unroll():
+@pytest.mark.parametrize("arch", ["coordinate", "tensor"])
+def test_meta_gradient_reaches_every_lstm_weight_through_a_codec_unroll(arch):
     torch.manual_seed(0)
     task = _codec_task()
-    net = LSTMOptimizerNet(LSTMConfig(hidden=4, layers=2))
+    net = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=4, layers=2))
     ts = start_task(task, net, horizon=6)
     loss, ts1, stats = unroll(net, ts, K=3, lr=1e-3)
     loss.backward()
@@ -49,10 +51,11 @@ def test_meta_gradient_reaches_every_lstm_weight_through_a_codec_unroll():
     assert all(moved)
 
 
-def test_meta_gradient_matches_finite_differences():
+@pytest.mark.parametrize("arch", ["coordinate", "tensor"])
+def test_meta_gradient_matches_finite_differences(arch):
     torch.manual_seed(0)
     task = RegressionFamily(dim=3, hidden=2, batch_size=8, dtype=torch.float64).sample(0, "train")
-    net = LSTMOptimizerNet(LSTMConfig(hidden=3, out_init_std=0.3)).double()
+    net = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=3, out_init_std=0.3)).double()
     ts = start_task(task, net, horizon=100)
     _, ts, _ = unroll(net, ts, K=2, lr=0.05)  # start mid-run, with non-trivial carried state
 
