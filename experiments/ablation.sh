@@ -16,8 +16,9 @@ declare -A VARIANTS=(
   [direct-output]="--output direct"
   [no-momenta]="--features grad_logsign,adam_grad"
   [no-loss-scaling]="--loss-scale 1"
+  [tensor]="--arch tensor"
 )
-ORDER=${ORDER:-"default direct-output no-momenta no-loss-scaling"}
+ORDER=${ORDER:-"default direct-output no-momenta no-loss-scaling tensor"}
 
 for name in $ORDER; do
   meta="$OUT/meta-$name"

@@ -23,20 +23,21 @@ def test_report_has_every_figure_with_sane_values(report):
     machine = report["machine"]
     assert machine["device"] == "cpu" and machine["threads"] == 1 and machine["torch"]
     assert machine["load_avg_1min_start"] >= 0 and machine["load_avg_1min_end"] >= 0
-    assert "lopt.pt" in report["settings"]["learned_optimizer"] or "fresh" in report["settings"]["learned_optimizer"]
+    described = report["settings"]["learned_optimizers"]
+    assert set(described) == {"lstm-coordinate", "lstm-tensor"}
+    assert all("lopt.pt" in d or "fresh" in d for d in described.values())
     paper = report["codec"]["paper"]
     assert (paper["model"], paper["N"], paper["M"], paper["crop"], paper["batch_size"]) == \
         ("bmshj2018-hyperprior", 8, 8, 64, 1)
     assert paper["net_params"] > 0
-    for kind in ("step_time", "update_time"):
-        times = paper[f"{kind}_s"]
-        assert set(times) == {"adam", "lstm"} and all(t > 0 for t in times.values())
-        assert paper[f"{kind}_ratio_lstm_over_adam"] == pytest.approx(times["lstm"] / times["adam"])
+    names = {"adam", "lstm-coordinate", "lstm-tensor"}
+    for kind in ("step_time", "update_time", "peak_mem"):
+        figures = paper[f"{kind}_s" if kind != "peak_mem" else "peak_mem_mb"]
+        assert set(figures) == names and all(t > 0 for t in figures.values())
+        for name in names - {"adam"}:
+            assert paper[f"{kind}_ratio_over_adam"][name] == pytest.approx(figures[name] / figures["adam"])
     # the optimizer update is part of the training step
-    assert all(paper["update_time_s"][k] < paper["step_time_s"][k] for k in ("adam", "lstm"))
-    memory = paper["peak_mem_mb"]
-    assert all(m > 0 for m in memory.values())
-    assert paper["peak_mem_ratio_lstm_over_adam"] == pytest.approx(memory["lstm"] / memory["adam"])
+    assert all(paper["update_time_s"][k] < paper["step_time_s"][k] for k in names)
 
     meta = report["meta_training"]
     assert [r["unroll"] for r in meta["vs_unroll"]] == [2]
@@ -46,7 +47,9 @@ def test_report_has_every_figure_with_sane_values(report):
         assert row["meta_step_s"] > 0 and row["peak_mem_mb"] > 0 and row["graph_nodes"] > 0 and row["finite"]
     assert meta["peak_mem_growth_over_horizon"] == pytest.approx(ten["peak_mem_mb"] / one["peak_mem_mb"])
     goals = report["goals"]
-    assert goals["paper_step_time_ratio_lstm_over_adam"]["value"] == paper["step_time_ratio_lstm_over_adam"]
+    for name in ("lstm-coordinate", "lstm-tensor"):
+        goal = goals[f"paper_step_time_ratio_{name}_over_adam"]
+        assert goal["value"] == paper["step_time_ratio_over_adam"][name] and goal["met"] == (goal["value"] <= 1.10)
     assert isinstance(goals["meta_peak_mem_flat_over_horizon"]["met"], bool)
 
 
@@ -75,6 +78,8 @@ def test_cpu_scale_defaults_to_the_codec_default_config():
     (["--cpu-model", "nope", "--scale", "cpu"], "unknown cpu_model"),
     (["--meta-unrolls", "0"], "meta_unrolls must be a list of positive integers"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
+    (["--archs", "layer"], "archs must be a non-empty list of coordinate, tensor"),
+    (["--lopt", "/no/such/lopt.pt"], "/no/such/lopt.pt"),
 ])
 def test_bad_flags_are_one_line_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -82,3 +87,13 @@ def test_bad_flags_are_one_line_errors(flags, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_a_given_lopt_file_is_timed_alone_under_its_arch(tmp_path):
+    from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
+    from metaopt.optim import save_lopt
+    path = tmp_path / "tensor.pt"
+    save_lopt(LSTMOptimizerNet(LSTMConfig(arch="tensor", hidden=4)), path, lr=1e-3)
+    report = main(TINY + ["--meta", "false", "--lopt", str(path), "--out", str(tmp_path / "b.json")])
+    assert report["settings"]["learned_optimizers"] == {"lstm-tensor": str(path)}
+    assert set(report["codec"]["paper"]["step_time_s"]) == {"adam", "lstm-tensor"}
