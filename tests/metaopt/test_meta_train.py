@@ -122,3 +122,21 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["net"]
     resumed = torch.load(run / "checkpoint.pt", weights_only=False)["net"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_validation_is_paired_and_leaves_the_rng_alone():
+    """The codec's quantisation noise comes from the global RNG: validation must draw the same noise for every
+    checkpoint it scores (so scores differ only by the optimizer), and must not move meta-training's stream."""
+    from metaopt.meta_train import validate
+    from metaopt.tasks.codec import CodecFamily
+    family = CodecFamily(["bmshj2018-hyperprior-deep"], [[8, 8]], 0.01, 0.01, crop=64, batch_size=1)
+    cfg = {"val_tasks": 1, "val_steps": 4}
+    adam = lambda p: torch.optim.Adam(p, lr=1e-3)  # noqa: E731
+    torch.manual_seed(0)
+    first = validate(adam, family, cfg, torch.device("cpu"))
+    after_first = torch.rand(1)
+    torch.manual_seed(123)  # a different global state must not change the score
+    second = validate(adam, family, cfg, torch.device("cpu"))
+    assert first == second
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(1), after_first)  # validate() consumed nothing from the global stream
