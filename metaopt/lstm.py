@@ -75,12 +75,14 @@ class LSTMConfig:
         return asdict(self)
 
 
-def preprocess_grad(g: torch.Tensor, p: float) -> torch.Tensor:
-    """Andrychowicz et al. 2016, App. A: (log|g|/p, sign g) if |g| >= e^-p, else (-1, e^p g). [P] -> [2, P]."""
-    big = g.abs() >= math.exp(-p)
-    log_mag = torch.where(big, g.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(g, -1.0))
-    sign = torch.where(big, torch.sign(g), g * math.exp(p))
-    return torch.stack([log_mag, sign])
+def preprocess_grad(g: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Andrychowicz et al. 2016, App. A: (log|g|/p, sign g) if |g| >= e^-p, else (-1, e^p g). [P] -> 2 x [P].
+
+    Written as two clamps (log max(|g|, e^-p) / p, and clamp(e^p g, -1, 1)), which equal the case split
+    exactly and cost 6 elementwise passes instead of 10."""
+    log_mag = g.abs().clamp_min(math.exp(-p)).log() / p
+    sign = (g * math.exp(p)).clamp(-1.0, 1.0)
+    return log_mag, sign
 
 
 def init_state(cfg: LSTMConfig, sizes: list[int], device=None, dtype=torch.float32) -> dict:
@@ -102,10 +104,12 @@ def init_state(cfg: LSTMConfig, sizes: list[int], device=None, dtype=torch.float
 def tensor_statistics(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Per-tensor mean and mean square of each coordinate feature: x [F, P] -> [T, 2F] (tensors contiguous).
 
-    One reduction per tensor (T kernels, no per-coordinate work): measured 4x faster on CPU than
-    torch.segment_reduce, which also wants the coordinates on the leading axis."""
-    both = torch.cat([x, x * x])
-    return torch.stack([piece.mean(1) for piece in both.split(sizes, dim=1)])
+    Two reductions per tensor (2T kernels, no per-coordinate work, no [F, P] temporaries: the mean square is
+    a squared vector norm): measured several times faster on CPU than torch.segment_reduce over x and x * x."""
+    rows = []
+    for piece, n in zip(x.split(sizes, dim=1), sizes):
+        rows.append(torch.cat([piece.mean(1), torch.linalg.vector_norm(piece, dim=1).pow(2) / n]))
+    return torch.stack(rows)
 
 
 def detach_state(state: dict) -> dict:
@@ -159,16 +163,16 @@ class LSTMOptimizerNet(nn.Module):
         betas = torch.tensor(cfg.momentum_betas, dtype=g.dtype, device=g.device)[:, None]
         m_hat = m / (1 - betas ** t)
         denom = (v / (1 - cfg.adam_beta2 ** t)).sqrt() + cfg.eps
-        feats = []
+        rows = []  # 1-D rows, stacked once at the end (one copy)
         for name in cfg.features:
             if name == "grad_logsign":
-                feats.append(preprocess_grad(g, cfg.preprocess_p))
+                rows.extend(preprocess_grad(g, cfg.preprocess_p))
             elif name == "adam_grad":
-                feats.append((g / denom).clamp(-10, 10)[None])
+                rows.append((g / denom).clamp(-10, 10))
             else:
-                feats.append((m_hat / denom).clamp(-10, 10))
+                rows.extend((m_hat / denom).clamp(-10, 10).unbind())
         adam_dir = m_hat[cfg.momentum_betas.index(cfg.adam_beta1)] / denom
-        return torch.cat(feats), adam_dir
+        return torch.stack(rows), adam_dir
 
     # -- the fused cell ------------------------------------------------------------------------------
     def cell(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -190,35 +194,38 @@ class LSTMOptimizerNet(nn.Module):
             inp = h_l
         return inp, torch.cat(hs, dim=1), torch.cat(cs, dim=1)
 
-    def head(self, out: torch.Tensor, adam_dir: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def head(self, out: torch.Tensor, adam_dir: torch.Tensor, penalty: bool) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Raw outputs [2, n] -> (update direction in units of lr [n], sum of squares of the outputs the
-        correction penalty sees)."""
+        correction penalty sees, or 0.0 when no penalty is wanted)."""
         if self.cfg.output == "direct":
-            return out[0], out.pow(2).sum()
+            return out[0], out.pow(2).sum() if penalty else 0.0
         s, d = torch.tanh(out)
-        return adam_dir * torch.exp(self.cfg.alpha * s) + self.cfg.beta * d, s.pow(2).sum() + d.pow(2).sum()
+        return (adam_dir * torch.exp(self.cfg.alpha * s) + self.cfg.beta * d,
+                s.pow(2).sum() + d.pow(2).sum() if penalty else 0.0)
 
     def coordinate_outputs(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """arch "tensor": the per-coordinate MLP, x [F, n] -> raw outputs [2, n], plus the tensor offsets [2, n]."""
-        hidden = torch.relu(torch.addmm(self.mlp_b[:, None], self.mlp_w.T, x))
+        hidden = torch.addmm(self.mlp_b[:, None], self.mlp_w.T, x).relu_()  # in place: addmm's backward needs no output
         return torch.addmm(offset + self.out_b[:, None], self.out_w.T, hidden)
 
     # -- one optimizer step over a flat vector -------------------------------------------------------
     def step(self, g: torch.Tensor, state: dict, lr: float | torch.Tensor, chunk_size: int | None = None,
-             ) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """g [P] -> (update [P] to *add* to the parameters, new state, mean squared raw output).
+             penalty: bool = True) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        """g [P] -> (update [P] to *add* to the parameters, new state, mean squared raw output (0 if not
+        `penalty`: the optimizer in use needs no correction penalty, only meta-training does)).
 
         `chunk_size` coordinates at a time go through the per-coordinate network (None = all at once); the
         results are identical, only the peak memory of the [hidden, n] intermediates is bounded.
         """
         cfg = self.cfg
         t = state["t"] + 1
-        betas = torch.tensor(cfg.momentum_betas, dtype=g.dtype, device=g.device)
-        v = cfg.adam_beta2 * state["v"] + (1 - cfg.adam_beta2) * g * g
+        # Moments as lerps (m + (1 - beta)(g - m)): one elementwise pass each instead of three.
+        one_minus = torch.tensor([1 - b for b in cfg.momentum_betas], dtype=g.dtype, device=g.device)
+        v = torch.lerp(state["v"], g * g, 1 - cfg.adam_beta2)
         P = g.shape[0]
         n = P if not chunk_size or chunk_size >= P else chunk_size
         if cfg.arch == "tensor":
-            m = betas[:, None] * state["m"] + (1 - betas[:, None]) * g
+            m = torch.lerp(state["m"], g.expand_as(state["m"]), one_minus[:, None])
             new = {"m": m, "v": v, "t": t, "sizes": state["sizes"]}
             # Per-tensor statistics need every coordinate's features first ([F, P], small next to a coordinate
             # LSTM's state); the tensor LSTM then steps once over the T tensors.
@@ -227,7 +234,7 @@ class LSTMOptimizerNet(nn.Module):
             repeats = torch.tensor(state["sizes"], device=g.device)
             offset = (h_top @ self.tensor_out_w).T.repeat_interleave(repeats, dim=1, output_size=P)
         else:
-            m = betas * state["m"] + (1 - betas) * g[:, None]
+            m = torch.lerp(state["m"], g[:, None].expand_as(state["m"]), one_minus)
             new = {"m": m, "v": v, "t": t}
         dirs, hs, cs, sq = [], [], [], g.new_zeros(())
         for start in range(0, P, n):
@@ -240,7 +247,7 @@ class LSTMOptimizerNet(nn.Module):
                 out = torch.addmm(self.out_b, h_top, self.out_w).T
                 hs.append(h)
                 cs.append(c)
-            direction, rows_sq = self.head(out, rows_dir)
+            direction, rows_sq = self.head(out, rows_dir, penalty)
             dirs.append(direction)
             sq = sq + rows_sq
         cat = (lambda xs: xs[0]) if len(dirs) == 1 else (lambda xs: torch.cat(xs))  # noqa: E731
@@ -301,7 +308,7 @@ def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: lis
         else:
             mlp = linear(net.mlp_w, net.mlp_b)
             out = out_layer(torch.relu(mlp(x))) + linear(net.tensor_out_w, None)(inp)
-        direction, _ = net.head(out.T, adam_dir)
+        direction, _ = net.head(out.T, adam_dir, penalty=False)
         updates.append(-lr * direction)
         new_states.append({**st, "m": m, "v": v, "h": torch.cat(hs, 1), "c": torch.cat(cs, 1), "t": t})
     return updates, new_states

@@ -99,7 +99,7 @@ class LSTMOptimizer(torch.optim.Optimizer):
             if not state:
                 state.update(init_state(self.net.cfg, [p.numel() for p in params], flat.device, flat.dtype))
                 self.net.to(device=flat.device, dtype=flat.dtype)
-            update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size)
+            update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size, penalty=False)
             # A non-finite gradient (inf with a finite loss) would poison the moments and LSTM state for
             # good: skip the whole step and keep the old state. One reduction, so the check is cheap.
             if not torch.isfinite(update.sum()):

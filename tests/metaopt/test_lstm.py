@@ -9,7 +9,7 @@ from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state, preprocess_gr
 def test_preprocess_matches_andrychowicz():
     p = 10.0
     g = torch.tensor([1.0, -math.e ** -2, 1e-6, -1e-6, 0.0], dtype=torch.float64)
-    out = preprocess_grad(g, p).T  # [P, 2]
+    out = torch.stack(preprocess_grad(g, p), dim=1)  # [P, 2]
     assert torch.allclose(out[0], torch.tensor([0.0, 1.0], dtype=torch.float64))
     assert torch.allclose(out[1], torch.tensor([-0.2, -1.0], dtype=torch.float64))
     # below e^-p: (-1, e^p * g)
