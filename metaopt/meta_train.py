@@ -1,4 +1,4 @@
-"""Meta-train the coordinatewise LSTM optimizer: `python -m metaopt.meta_train [--config FILE] [--key value]`.
+"""Meta-train the LSTM optimizer: `python -m metaopt.meta_train [--config FILE] [--key value]`.
 
 Truncated meta-training (Andrychowicz 2016; Wichrowska 2017; Lv 2017; Harrison 2022):
   * a task (codec init, images, λ, size) is trained by the LSTM for a sampled horizon, in truncations of
@@ -129,7 +129,7 @@ def restore_task_state(saved: dict, family, cfg: dict, device) -> TaskState:
 
 @cli_entry
 def main(argv=None):
-    cfg = parse_config(argv, "meta/default.yaml", "Meta-train the coordinatewise LSTM optimizer.")
+    cfg = parse_config(argv, "meta/default.yaml", "Meta-train the LSTM optimizer.")
     pin_mmap_threshold()  # otherwise CPU memory ratchets up over the first truncations (metaopt/memory.py)
     torch.set_num_threads(cfg["threads"])
     device = torch.device("cuda" if cfg["device"] == "cuda" or (cfg["device"] == "auto" and torch.cuda.is_available())

@@ -1,4 +1,4 @@
-"""`LSTMOptimizer`: a meta-trained coordinatewise LSTM as a drop-in `torch.optim.Optimizer` for any model.
+"""`LSTMOptimizer`: a meta-trained LSTM optimizer as a drop-in `torch.optim.Optimizer` for any model.
 
 The `lopt.pt` file format (FORMAT, VERSION) is a dict:
     {"format": "metaopt-lstm", "version": 1, "config": LSTMConfig as dict, "state_dict": network weights,
