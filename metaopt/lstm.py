@@ -134,7 +134,7 @@ class LSTMOptimizerNet(nn.Module):
     its raw outputs, to which the tensor LSTM adds a per-tensor offset. The per-coordinate work is then
     two tiny matmuls and no recurrent state, which is what makes the step cheap (issue #7, README "Speed").
 
-    `step` is a pure function of its inputs (no in-place writes), so it is differentiable w.r.t. the
+    `step` is a pure function of its inputs (it never writes to them), so it is differentiable w.r.t. the
     network weights, the gradient and the carried state — which is what the `higher` unroll needs.
     """
 
