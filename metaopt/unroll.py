@@ -99,7 +99,7 @@ def unroll(net: LSTMOptimizerNet, ts: TaskState, K: int, lr: float, meta_loss: s
         net_params = [params[i] for i in net_idx]
         grads = torch.autograd.grad(loss * ts.loss_scale, net_params, create_graph=second_order, retain_graph=True)
         flat = torch.cat([g.reshape(-1) for g in grads])
-        update, state, sq = net.step(flat, state, lr, chunk_size)
+        update, state, sq = net.step(flat, state, lr, chunk_size, penalty=correction_penalty > 0)
         penalty = penalty + sq
         new_params = list(params)
         for i, u in zip(net_idx, update.split([p.numel() for p in net_params])):
