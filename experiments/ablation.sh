@@ -19,8 +19,9 @@ declare -A VARIANTS=(
   [no-momenta]="--arch coordinate --features grad_logsign,adam_grad"
   [no-loss-scaling]="--arch coordinate --loss-scale 1"
   [tensor]="--arch tensor"
+  [tensor-alpha0.5]="--arch tensor --alpha 0.5"
 )
-ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor"}
+ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor tensor-alpha0.5"}
 FIRST=${FIRST:-coordinate}  # the variant whose compare holds the tuned-Adam runs
 
 for name in $ORDER; do

@@ -149,13 +149,14 @@ class CodecRun:
 
 def make_optimizer(name: str, params, spec: dict) -> torch.optim.Optimizer:
     """Adam, or LSTMOptimizer from spec["lopts"][name]: a file, or {"arch": ...} for a fresh network (the
-    timing of a step does not depend on the weights; spec travels to probes as JSON, so no blobs in it)."""
+    timing of a step does not depend on the weights; spec travels to probes as JSON, so no blobs in it),
+    eager or compiled."""
     if name == "adam":
         return torch.optim.Adam(params, lr=spec["adam_lr"])
-    source = spec["lopts"][name]
-    if isinstance(source, str):
-        return LSTMOptimizer(params, lopt=source)
-    return LSTMOptimizer(params, lopt=lopt_blob(LSTMOptimizerNet(LSTMConfig(arch=source["arch"])), spec["fresh_lopt_lr"]))
+    source, compiled = spec["lopts"][name]["lopt"], spec["lopts"][name]["compile"]
+    if not isinstance(source, str):
+        source = lopt_blob(LSTMOptimizerNet(LSTMConfig(arch=source["arch"])), spec["fresh_lopt_lr"])
+    return LSTMOptimizer(params, lopt=source, compile=compiled)
 
 
 def codec_run(scale: dict, optimizer: str, spec: dict) -> CodecRun:
@@ -173,6 +174,13 @@ def codec_memory_probe(spec: dict) -> dict:
     """(In a fresh process.) Peak memory of `warmup + 1` training steps of one optimizer."""
     torch.set_num_threads(spec["threads"])
     run = codec_run(spec["scale"], spec["optimizer"], spec)
+    if spec["optimizer"] != "adam" and spec["lopts"][spec["optimizer"]]["compile"]:
+        # Compile first, on a throwaway copy: the compiler's own memory is a one-off, not the optimizer's.
+        params = [p.detach().clone().requires_grad_() for p in run.net_params]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        make_optimizer(spec["optimizer"], params, spec).step()
+        del params
     with PeakMemory(torch.device(spec["device"])) as peak:
         for _ in range(spec["warmup"] + 1):
             run.step()
@@ -309,22 +317,29 @@ def check_meta(cfg: dict) -> None:
 
 
 def lopt_sources(cfg: dict) -> tuple[dict, dict]:
-    """({name: file or {"arch": a}}, {name: how the report describes it}) of the learned optimizers to time:
-    --lopt FILE alone, or one per entry of `archs` (the shipped file where its arch matches, else fresh)."""
+    """({name: {"lopt": file or {"arch": a}, "compile": bool}}, {name: how the report describes it}) of the
+    learned optimizers to time: --lopt FILE alone, or one per entry of `archs` (the shipped file where its arch
+    matches, else fresh); each once per entry of `compile` (False: the eager step, True: metaopt.fused)."""
+    modes = [{"true": True, "false": False}.get(str(c).lower()) for c in cfg["compile"]]  # "--compile false,true"
+    if not modes or None in modes:
+        raise UserError(f"compile must be a non-empty list of true/false, got {cfg['compile']!r}")
     if cfg["lopt"] is not None:
         arch = load_lopt(cfg["lopt"])[0].cfg.arch
-        return {f"lstm-{arch}": str(cfg["lopt"])}, {f"lstm-{arch}": str(cfg["lopt"])}
-    unknown = [a for a in cfg["archs"] if a not in ARCHS]
-    if unknown or not cfg["archs"]:
-        raise UserError(f"archs must be a non-empty list of {', '.join(ARCHS)}, got {cfg['archs']!r}")
-    shipped = load_lopt(PRETRAINED)[0].cfg.arch if PRETRAINED.is_file() else None
+        files = {arch: (str(cfg["lopt"]), str(cfg["lopt"]))}
+    else:
+        unknown = [a for a in cfg["archs"] if a not in ARCHS]
+        if unknown or not cfg["archs"]:
+            raise UserError(f"archs must be a non-empty list of {', '.join(ARCHS)}, got {cfg['archs']!r}")
+        shipped = load_lopt(PRETRAINED)[0].cfg.arch if PRETRAINED.is_file() else None
+        files = {arch: (str(PRETRAINED), "shipped metaopt/pretrained/lopt.pt") if arch == shipped else
+                 ({"arch": arch}, f"fresh LSTMConfig(arch={arch!r}) network (a step's cost does not depend on weights)")
+                 for arch in cfg["archs"]}
     sources, names = {}, {}
-    for arch in cfg["archs"]:
-        if arch == shipped:
-            sources[f"lstm-{arch}"], names[f"lstm-{arch}"] = str(PRETRAINED), "shipped metaopt/pretrained/lopt.pt"
-        else:
-            sources[f"lstm-{arch}"] = {"arch": arch}
-            names[f"lstm-{arch}"] = f"fresh LSTMConfig(arch={arch!r}) network (a step's cost does not depend on weights)"
+    for arch, (source, described) in files.items():
+        for compiled in modes:
+            name = f"lstm-{arch}" + ("-compiled" if compiled else "")
+            sources[name] = {"lopt": source, "compile": compiled}
+            names[name] = described + (", compiled step (metaopt.fused)" if compiled else ", eager step")
     return sources, names
 
 

@@ -94,19 +94,26 @@ def preprocess_grad(g: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tens
 
 
 def init_state(cfg: LSTMConfig, sizes: list[int], device=None, dtype=torch.float32) -> dict:
-    """State over the flat concatenation of tensors of these sizes: momenta m, second moment v [P], step t,
-    and the LSTM's h, c: [P, L*H] per coordinate, or [T, L*H] per tensor plus the tensors' `sizes` (a list
-    of ints, not a tensor: torch.optim's load_state_dict would cast a tensor to the parameters' dtype).
-    m is [P, B] for arch "coordinate" (its original layout, kept so saved states load) and [B, P] for
-    arch "tensor", whose whole step is feature-major: every per-coordinate quantity a contiguous row."""
+    """State over the flat concatenation of tensors of these sizes, every entry feature-major (each
+    per-coordinate quantity one contiguous row): momenta m [B, P], second moment v [P], step t, and the
+    LSTM's h, c: [L*H, P] per coordinate, or [L*H, T] per tensor plus the tensors' `sizes` (a list of ints,
+    not a tensor: torch.optim's load_state_dict would cast a tensor to the parameters' dtype)."""
     P, B = sum(sizes), len(cfg.momentum_betas)
     zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
-    rows = P if cfg.arch == "coordinate" else len(sizes)
-    state = {"m": zeros(P, B) if cfg.arch == "coordinate" else zeros(B, P), "v": zeros(P),
-             "h": zeros(rows, cfg.layers * cfg.hidden), "c": zeros(rows, cfg.layers * cfg.hidden), "t": 0}
+    cols = P if cfg.arch == "coordinate" else len(sizes)
+    state = {"m": zeros(B, P), "v": zeros(P), "h": zeros(cfg.layers * cfg.hidden, cols),
+             "c": zeros(cfg.layers * cfg.hidden, cols), "t": 0}
     if cfg.arch == "tensor":
         state["sizes"] = [int(n) for n in sizes]
     return state
+
+
+def bias_corrections(cfg: LSTMConfig, t: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam's bias corrections at step t as tensors: (1 - beta_b^t for each momentum [B, 1], 1 - beta2^t).
+    Tensors, not floats, so a compiled step (metaopt.fused) does not specialise on t."""
+    betas = torch.tensor(cfg.momentum_betas, dtype=torch.float64)
+    c1 = (1 - betas ** t).to(device=like.device, dtype=like.dtype)[:, None]
+    return c1, torch.tensor(1 - cfg.adam_beta2 ** t, device=like.device, dtype=like.dtype)
 
 
 def tensor_statistics(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -161,17 +168,16 @@ class LSTMOptimizerNet(nn.Module):
             self.mlp_b = nn.Parameter(torch.zeros(K))
             self.tensor_out_w = nn.Parameter(torch.randn(H, 2) * cfg.out_init_std)
 
-    # -- features -----------------------------------------------------------------------------------
-    def features(self, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features [F, n], Adam direction m_hat/(sqrt(v_hat)+eps) [n]) from the *updated* moments, m [B, n].
-
-        Feature-major: each feature is computed as a contiguous row (strided columns of a [n, F] tensor were
-        measured several times slower for elementwise ops on CPU)."""
+    # -- features ---------------------------------------------------------------------------------
+    def feature_rows(self, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor
+                     ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(F feature rows [n], Adam direction m_hat/(sqrt(v_hat)+eps) [n]) from the *updated* moments m [B, n],
+        v [n] and the `bias_corrections` c1, c2. Rows, not one [n, F] tensor: elementwise ops on strided columns
+        were measured several times slower on CPU, and the compiled step (metaopt.fused) fuses rows into one loop."""
         cfg = self.cfg
-        betas = torch.tensor(cfg.momentum_betas, dtype=g.dtype, device=g.device)[:, None]
-        m_hat = m / (1 - betas ** t)
-        denom = (v / (1 - cfg.adam_beta2 ** t)).sqrt() + cfg.eps
-        rows = []  # 1-D rows, stacked once at the end (one copy)
+        m_hat = m / c1
+        denom = (v / c2).sqrt() + cfg.eps
+        rows = []
         for name in cfg.features:
             if name == "grad_logsign":
                 rows.extend(preprocess_grad(g, cfg.preprocess_p))
@@ -179,37 +185,34 @@ class LSTMOptimizerNet(nn.Module):
                 rows.append((g / denom).clamp(-10, 10))
             else:
                 rows.extend((m_hat / denom).clamp(-10, 10).unbind())
-        adam_dir = m_hat[cfg.momentum_betas.index(cfg.adam_beta1)] / denom
-        return torch.stack(rows), adam_dir
+        return rows, m_hat[cfg.momentum_betas.index(cfg.adam_beta1)] / denom
 
     # -- the fused cell ------------------------------------------------------------------------------
     def cell(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stacked LSTM over rows: x [n, F], h/c [n, L*H] -> (top h [n, H], new h, new c)."""
+        """Stacked LSTM over columns, feature-major: x [I, n], h/c [L*H, n] -> (top h [H, n], new h, new c).
+        One [4H, I+H] x [I+H, n] matmul per layer; its gates are contiguous row blocks."""
         H = self.cfg.hidden
         hs, cs = [], []
         inp = x
         for layer in range(self.cfg.layers):
-            h_l, c_l = h[:, layer * H:(layer + 1) * H], c[:, layer * H:(layer + 1) * H]
-            z = torch.cat([inp, h_l], dim=1)
-            # One matmul per gate, not one [n, 4H] matmul split afterwards: elementwise ops on the column
-            # slices of a [n, 4H] tensor are strided and measured ~5x slower on CPU than on contiguous [n, H].
-            w, b = self.w[layer], self.b[layer]
-            i, f, g, o = (torch.addmm(b[k * H:(k + 1) * H], z, w[:, k * H:(k + 1) * H]) for k in range(4))
-            c_l = torch.sigmoid(f) * c_l + torch.sigmoid(i) * torch.tanh(g)
-            h_l = torch.sigmoid(o) * torch.tanh(c_l)
-            hs.append(h_l)
+            rows = slice(layer * H, (layer + 1) * H)
+            gates = torch.addmm(self.b[layer][:, None], self.w[layer].T, torch.cat([inp, h[rows]]))
+            i, f, g, o = gates.split(H)
+            c_l = torch.sigmoid(f) * c[rows] + torch.sigmoid(i) * torch.tanh(g)
+            inp = torch.sigmoid(o) * torch.tanh(c_l)
+            hs.append(inp)
             cs.append(c_l)
-            inp = h_l
-        return inp, torch.cat(hs, dim=1), torch.cat(cs, dim=1)
+        return inp, torch.cat(hs), torch.cat(cs)
 
-    def head(self, out: torch.Tensor, adam_dir: torch.Tensor, penalty: bool) -> tuple[torch.Tensor, torch.Tensor | float]:
-        """Raw outputs [2, n] -> (update direction in units of lr [n], sum of squares of the outputs the
-        correction penalty sees, or 0.0 when no penalty is wanted)."""
+    def head(self, raw_step: torch.Tensor, raw_direct: torch.Tensor, adam_dir: torch.Tensor) -> torch.Tensor:
+        """Raw outputs (two rows [n]) -> update direction in units of lr [n] (see the module docstring)."""
         if self.cfg.output == "direct":
-            return out[0], out.pow(2).sum() if penalty else 0.0
-        s, d = torch.tanh(out)
-        return (adam_dir * torch.exp(self.cfg.alpha * s) + self.cfg.beta * d,
-                s.pow(2).sum() + d.pow(2).sum() if penalty else 0.0)
+            return raw_step
+        return adam_dir * torch.exp(self.cfg.alpha * torch.tanh(raw_step)) + self.cfg.beta * torch.tanh(raw_direct)
+
+    def penalty(self, out: torch.Tensor) -> torch.Tensor:
+        """Sum of squares of what the correction penalty sees: the bounded outputs, or a direct output."""
+        return (out if self.cfg.output == "direct" else torch.tanh(out)).pow(2).sum()
 
     def coordinate_outputs(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """arch "tensor": the per-coordinate MLP, x [F, n] -> raw outputs [2, n], plus the tensor offsets [2, n]."""
@@ -227,38 +230,38 @@ class LSTMOptimizerNet(nn.Module):
         """
         cfg = self.cfg
         t = state["t"] + 1
+        c1, c2 = bias_corrections(cfg, t, g)
         # Moments as lerps (m + (1 - beta)(g - m)): one elementwise pass each instead of three.
-        one_minus = torch.tensor([1 - b for b in cfg.momentum_betas], dtype=g.dtype, device=g.device)
+        one_minus = torch.tensor([1 - b for b in cfg.momentum_betas], dtype=g.dtype, device=g.device)[:, None]
+        m = torch.lerp(state["m"], g.expand_as(state["m"]), one_minus)
         v = torch.lerp(state["v"], g * g, 1 - cfg.adam_beta2)
+        new = {"m": m, "v": v, "t": t}
         P = g.shape[0]
         n = P if not chunk_size or chunk_size >= P else chunk_size
         if cfg.arch == "tensor":
-            m = torch.lerp(state["m"], g.expand_as(state["m"]), one_minus[:, None])
-            new = {"m": m, "v": v, "t": t, "sizes": state["sizes"]}
+            new["sizes"] = state["sizes"]
             # Per-tensor statistics need every coordinate's features first ([F, P], small next to a coordinate
             # LSTM's state); the tensor LSTM then steps once over the T tensors.
-            x, adam_dir = self.features(g, m, v, t)
-            h_top, new["h"], new["c"] = self.cell(tensor_statistics(x, state["sizes"]), state["h"], state["c"])
+            rows, adam_dir = self.feature_rows(g, m, v, c1, c2)
+            x = torch.stack(rows)
+            h_top, new["h"], new["c"] = self.cell(tensor_statistics(x, state["sizes"]).T, state["h"], state["c"])
             repeats = torch.tensor(state["sizes"], device=g.device)
-            offset = (h_top @ self.tensor_out_w).T.repeat_interleave(repeats, dim=1, output_size=P)
-        else:
-            m = torch.lerp(state["m"], g[:, None].expand_as(state["m"]), one_minus)
-            new = {"m": m, "v": v, "t": t}
+            offset = (self.tensor_out_w.T @ h_top).repeat_interleave(repeats, dim=1, output_size=P)
         dirs, hs, cs, sq = [], [], [], g.new_zeros(())
         for start in range(0, P, n):
-            rows = slice(start, start + n)
+            cols = slice(start, start + n)
             if cfg.arch == "tensor":
-                out, rows_dir = self.coordinate_outputs(x[:, rows], offset[:, rows]), adam_dir[rows]
+                out, cols_dir = self.coordinate_outputs(x[:, cols], offset[:, cols]), adam_dir[cols]
             else:
-                x_rows, rows_dir = self.features(g[rows], m[rows].T, v[rows], t)
-                h_top, h, c = self.cell(x_rows.T, state["h"][rows], state["c"][rows])
-                out = torch.addmm(self.out_b, h_top, self.out_w).T
+                rows, cols_dir = self.feature_rows(g[cols], m[:, cols], v[cols], c1, c2)
+                h_top, h, c = self.cell(torch.stack(rows), state["h"][:, cols], state["c"][:, cols])
+                out = torch.addmm(self.out_b[:, None], self.out_w.T, h_top)
                 hs.append(h)
                 cs.append(c)
-            direction, rows_sq = self.head(out, rows_dir, penalty)
-            dirs.append(direction)
-            sq = sq + rows_sq
-        cat = (lambda xs: xs[0]) if len(dirs) == 1 else (lambda xs: torch.cat(xs))  # noqa: E731
+            dirs.append(self.head(out[0], out[1], cols_dir))
+            if penalty:
+                sq = sq + self.penalty(out)
+        cat = (lambda xs: xs[0]) if len(dirs) == 1 else (lambda xs: torch.cat(xs, -1))  # noqa: E731
         if cfg.arch == "coordinate":
             new["h"], new["c"] = cat(hs), cat(cs)
         return -lr * cat(dirs), new, sq / (2 * max(P, 1))
@@ -298,25 +301,23 @@ def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: lis
         g = g.reshape(-1)
         t = st["t"] + 1
         coordinate = cfg.arch == "coordinate"
-        momenta = [b * (st["m"][:, k] if coordinate else st["m"][k]) + (1 - b) * g
-                   for k, b in enumerate(cfg.momentum_betas)]
-        m = torch.stack(momenta, 1 if coordinate else 0)
+        m = torch.stack([b * st["m"][k] + (1 - b) * g for k, b in enumerate(cfg.momentum_betas)])
         v = cfg.adam_beta2 * st["v"] + (1 - cfg.adam_beta2) * g * g
-        x, adam_dir = net.features(g, torch.stack(momenta), v, t)
-        x = x.T  # [n, F]
+        rows, adam_dir = net.feature_rows(g, m, v, *bias_corrections(cfg, t, g))
+        x = torch.stack(rows, 1)  # [n, F]
         # The LSTM reads each coordinate's features, or this one tensor's feature means and mean squares.
         hs, cs, inp = [], [], x if coordinate else torch.cat([x.mean(0), (x * x).mean(0)])[None]
-        for layer, cell in enumerate(cells):
-            h, c = cell(inp, (st["h"][:, layer * H:(layer + 1) * H], st["c"][:, layer * H:(layer + 1) * H]))
-            hs.append(h)
-            cs.append(c)
+        for layer, cell in enumerate(cells):  # nn.LSTMCell is row-major: [n, H]
+            rows_l = slice(layer * H, (layer + 1) * H)
+            h, c = cell(inp, (st["h"][rows_l].T, st["c"][rows_l].T))
+            hs.append(h.T)
+            cs.append(c.T)
             inp = h
         if coordinate:
             out = out_layer(inp)
         else:
             mlp = linear(net.mlp_w, net.mlp_b)
             out = out_layer(torch.relu(mlp(x))) + linear(net.tensor_out_w, None)(inp)
-        direction, _ = net.head(out.T, adam_dir, penalty=False)
-        updates.append(-lr * direction)
-        new_states.append({**st, "m": m, "v": v, "h": torch.cat(hs, 1), "c": torch.cat(cs, 1), "t": t})
+        updates.append(-lr * net.head(out[:, 0], out[:, 1], adam_dir))
+        new_states.append({**st, "m": m, "v": v, "h": torch.cat(hs), "c": torch.cat(cs), "t": t})
     return updates, new_states

@@ -7,20 +7,26 @@ Anything else — a missing file, another kind of checkpoint, another version, c
 do not fit the config — is refused with a one-line `UserError`.
 
 Speed: each parameter group is handled as ONE flat vector (one `torch.cat` of the gradients, the LSTM as
-a few big matmuls, one `_foreach_add_` back into the parameters); no per-coordinate Python work.
+a few big matmuls, one `_foreach_add_` back into the parameters); no per-coordinate Python work. With
+`compile=True` the step is `metaopt.fused.FusedStep`: the same update, compiled into a few fused loops that
+advance the state in place (3-5x faster at paper scale, README "Speed"; compiling takes ~0.5 min once per
+process).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
 from metaopt.checkpoint import atomic_save, load
 from metaopt.errors import UserError
+from metaopt.fused import FusedStep
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state
 
 FORMAT = "metaopt-lstm"
 VERSION = 1
+STATE_LAYOUT = "feature-major"  # marks optimizer states saved since m, h, c became [features, P]
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "lopt.pt"
 
 
@@ -60,16 +66,18 @@ def load_lopt(lopt: str | Path | dict | None) -> tuple[LSTMOptimizerNet, dict]:
 class LSTMOptimizer(torch.optim.Optimizer):
     """Train any model with a meta-trained LSTM optimizer.
 
-    LSTMOptimizer(model.parameters(), lopt=None|path|blob, lr=None, chunk_size=2**20)
+    LSTMOptimizer(model.parameters(), lopt=None|path|blob, lr=None, chunk_size=2**20, compile=False)
 
     `lr` is the nominal (Adam) step size of the `adam_correction` output; None = the one it was meta-trained
-    with. Parameters whose `.grad` is None at a step are not moved (their coordinates still see a zero
+    with. `compile` uses the torch.compile'd step (`metaopt.fused`); if compiling fails (e.g. no C++
+    compiler) it warns once and keeps the eager step. Parameters whose `.grad` is None at a step are not moved (their coordinates still see a zero
     gradient, as the flat state covers the whole group). The whole group's state lives, flat, in
     `self.state[first param of the group]`, so the stock `state_dict`/`load_state_dict` save and restore
     it; the network weights are saved alongside under "lopt" so a checkpoint is self-contained.
     """
 
-    def __init__(self, params, lopt=None, lr: float | None = None, chunk_size: int | None = 2**20):
+    def __init__(self, params, lopt=None, lr: float | None = None, chunk_size: int | None = 2**20,
+                 compile: bool = False):
         self.net, self.blob = load_lopt(lopt)
         self.net.requires_grad_(False)
         if lr is None:
@@ -77,6 +85,8 @@ class LSTMOptimizer(torch.optim.Optimizer):
         if not lr > 0:
             raise UserError(f"lr must be positive, got {lr}")
         self.chunk_size = chunk_size
+        self.compile = compile
+        self.fused: dict[int, FusedStep] = {}  # per param group; rebuilt after load_state_dict
         super().__init__(params, {"lr": lr})
 
     @torch.no_grad()
@@ -85,7 +95,7 @@ class LSTMOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             params = group["params"]
             if not params:
                 continue
@@ -96,24 +106,39 @@ class LSTMOptimizer(torch.optim.Optimizer):
             if flat.is_complex() or any(p.grad is not None and p.grad.is_sparse for p in params):
                 raise UserError("LSTMOptimizer supports dense real gradients only")
             state = self.state[params[0]]
-            if not state:
-                state.update(init_state(self.net.cfg, [p.numel() for p in params], flat.device, flat.dtype))
-                self.net.to(device=flat.device, dtype=flat.dtype)
-            update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size, penalty=False)
-            # A non-finite gradient (inf with a finite loss) would poison the moments and LSTM state for
-            # good: skip the whole step and keep the old state. One reduction, so the check is cheap.
-            if not torch.isfinite(update.sum()):
+            # A non-finite gradient (inf with a finite loss) would poison the moments and LSTM state for good:
+            # skip the whole step and keep the old state. One reduction, so the check is cheap. (A finite
+            # gradient gives a finite update: the features are clamped and the outputs bounded.)
+            if not torch.isfinite(flat.sum()):
                 state["skipped"] = state.get("skipped", 0) + 1
                 continue
-            state.update(new)
-            pieces = update.split([p.numel() for p in params])
-            moved = [(p, u.view_as(p)) for p, u, ok in zip(params, pieces, has_grad) if ok]
+            sizes = [p.numel() for p in params]
+            if "t" not in state:
+                state.update(init_state(self.net.cfg, sizes, flat.device, flat.dtype), layout=STATE_LAYOUT)
+                self.net.to(device=flat.device, dtype=flat.dtype)
+            update = self._fused_update(index, flat, state, sizes, group["lr"]) if self.compile else None
+            if update is None:
+                update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size, penalty=False)
+                state.update(new)
+            moved = [(p, u.view_as(p)) for p, u, ok in zip(params, update.split(sizes), has_grad) if ok]
             torch._foreach_add_([p for p, _ in moved], [u for _, u in moved])
         return loss
 
+    def _fused_update(self, index: int, flat: torch.Tensor, state: dict, sizes: list[int], lr: float):
+        """The compiled step's update (state advanced in place), or None once compiling has failed."""
+        if index not in self.fused:
+            self.fused[index] = FusedStep(self.net, sizes, flat.device)
+        try:
+            return self.fused[index](flat, state, lr)
+        except Exception as e:  # torch.compile raises at the first call, before any state is touched
+            warnings.warn(f"LSTMOptimizer: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                          "using the eager step")
+            self.compile = False
+            return None
+
     @property
     def skipped_updates(self) -> int:
-        """Steps skipped because the update was non-finite (kept in the state, so it survives a resume)."""
+        """Steps skipped because the gradient was non-finite (kept in the state, so it survives a resume)."""
         return sum(self.state[g["params"][0]].get("skipped", 0) for g in self.param_groups if g["params"])
 
     def state_dict(self):
@@ -130,8 +155,14 @@ class LSTMOptimizer(torch.optim.Optimizer):
             self.net, self.blob = load_lopt(blob)
             self.net.requires_grad_(False)
         super().load_state_dict(state_dict)
+        self.fused.clear()
+        cfg = self.net.cfg
         for group in self.param_groups:  # keep the network on the parameters' device/dtype
             if group["params"]:
                 p = group["params"][0]
                 self.net.to(device=p.device, dtype=p.dtype)
+                state = self.state[p]
+                if "t" in state and "layout" not in state:  # saved before the state became feature-major
+                    keys = ("m", "h", "c") if cfg.arch == "coordinate" else ("h", "c")  # were [P, B], [rows, L*H]
+                    state.update({key: state[key].T.contiguous() for key in keys}, layout=STATE_LAYOUT)
 

@@ -8,7 +8,8 @@ from metaopt.config import CONFIG_DIR, parse_config, read_yaml
 # Tiny everything: one codec scale of a few thousand parameters, meta-training at K=2 for 2 and 20 truncations.
 TINY = ["--scale", "paper", "--paper-N", "8", "--paper-M", "8", "--paper-crop", "64", "--paper-batch-size", "1",
         "--repeats", "1", "--threads", "1", "--meta-N", "8", "--meta-M", "8", "--meta-batch-size", "1",
-        "--meta-unrolls", "2", "--meta-horizon-unroll", "2", "--meta-truncations", "2"]
+        "--meta-unrolls", "2", "--meta-horizon-unroll", "2", "--meta-truncations", "2",
+        "--compile", "false"]  # the compiled step is tested in test_fused/test_optim; compiling takes ~1 min here
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,7 @@ def test_cpu_scale_defaults_to_the_codec_default_config():
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
     (["--archs", "layer"], "archs must be a non-empty list of coordinate, tensor"),
     (["--lopt", "/no/such/lopt.pt"], "/no/such/lopt.pt"),
+    (["--compile", "maybe"], "compile must be a non-empty list of true/false"),
 ])
 def test_bad_flags_are_one_line_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -95,5 +97,13 @@ def test_a_given_lopt_file_is_timed_alone_under_its_arch(tmp_path):
     path = tmp_path / "tensor.pt"
     save_lopt(LSTMOptimizerNet(LSTMConfig(arch="tensor", hidden=4)), path, lr=1e-3)
     report = main(TINY + ["--meta", "false", "--lopt", str(path), "--out", str(tmp_path / "b.json")])
-    assert report["settings"]["learned_optimizers"] == {"lstm-tensor": str(path)}
+    assert report["settings"]["learned_optimizers"] == {"lstm-tensor": f"{path}, eager step"}
     assert set(report["codec"]["paper"]["step_time_s"]) == {"adam", "lstm-tensor"}
+
+
+def test_each_learned_optimizer_is_timed_eager_and_compiled():
+    from metaopt.bench import lopt_sources
+    sources, described = lopt_sources(parse_config(["--archs", "tensor"], "bench/default.yaml", ""))
+    assert sources["lstm-tensor"]["compile"] is False and sources["lstm-tensor-compiled"]["compile"] is True
+    assert sources["lstm-tensor"]["lopt"] == sources["lstm-tensor-compiled"]["lopt"]
+    assert "compiled" in described["lstm-tensor-compiled"] and "eager" in described["lstm-tensor"]

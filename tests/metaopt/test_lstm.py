@@ -37,9 +37,8 @@ def test_fast_path_equals_reference(arch, layers, output, chunk):
             update, flat_state, _ = net.step(flat, flat_state, 1e-2, chunk_size=chunk)
             ref_updates, ref_states = reference_step(net, grads, ref_states, 1e-2)
         assert torch.allclose(update, torch.cat(ref_updates), rtol=1e-10, atol=1e-14)
-        for key in ("m", "v", "h", "c"):
-            dim = 1 if key == "m" and arch == "tensor" else 0  # tensor arch: momenta feature-major [B, P]
-            assert torch.allclose(flat_state[key], torch.cat([s[key] for s in ref_states], dim), rtol=1e-10, atol=1e-14)
+        for key in ("m", "v", "h", "c"):  # feature-major: tensors side by side along the last dim
+            assert torch.allclose(flat_state[key], torch.cat([s[key] for s in ref_states], -1), rtol=1e-10, atol=1e-14)
     assert update.abs().max() > 0
 
 

@@ -1,6 +1,7 @@
 import copy
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -72,6 +73,42 @@ def test_state_dict_round_trip_gives_identical_updates(lopt_file, tmp_path):
     opt2 = LSTMOptimizer(resumed.parameters(), lopt=lopt_file, lr=0.5)  # lr comes back from the state dict
     opt2.load_state_dict(ckpt["opt"])
     _train(resumed, opt2, 5, start=5)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_compiled_step_trains_like_the_eager_one(lopt_file):
+    eager_model, fused_model = _model(), _model()
+    eager = LSTMOptimizer(eager_model.parameters(), lopt=lopt_file)
+    fused = LSTMOptimizer(fused_model.parameters(), lopt=lopt_file, compile=True)
+    _train(eager_model, eager, 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to the eager step would warn
+        _train(fused_model, fused, 20)
+    assert fused.compile and fused.fused
+    for a, b in zip(eager_model.parameters(), fused_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_state_saved_in_the_old_row_major_layout_still_loads(lopt_file):
+    model = _model()
+    opt = LSTMOptimizer(model.parameters(), lopt=lopt_file)
+    _train(model, opt, 3)
+    sd = copy.deepcopy(opt.state_dict())
+    state = sd["state"][0]
+    del state["layout"]  # as saved before: coordinate m [P, B]; both archs h/c [rows, L*H]
+    if opt.net.cfg.arch == "coordinate":
+        state["m"] = state["m"].T
+    state["h"], state["c"] = state["h"].T, state["c"].T
+    expected = [p.detach().clone() for p in model.parameters()]
+    _train(model, opt, 2, start=3)
+    resumed = _model()
+    with torch.no_grad():
+        for p, e in zip(resumed.parameters(), expected):
+            p.copy_(e)
+    opt2 = LSTMOptimizer(resumed.parameters(), lopt=lopt_file)
+    opt2.load_state_dict(sd)
+    _train(resumed, opt2, 2, start=3)
     for a, b in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
 

@@ -1,0 +1,34 @@
+"""The compiled step (metaopt.fused) against the eager LSTMOptimizerNet.step it restates."""
+import pytest
+import torch
+
+from metaopt.fused import FusedStep
+from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state
+
+# float32; the fused loops reassociate sums and use the compiler's vectorised exp/tanh, so agreement is to
+# float32 rounding over a few steps, not bitwise.
+RTOL, ATOL = 1e-5, 1e-7
+
+
+@pytest.mark.parametrize("arch,layers,output", [
+    ("coordinate", 1, "adam_correction"), ("coordinate", 2, "direct"),
+    ("tensor", 1, "adam_correction"), ("tensor", 2, "direct")])
+def test_fused_step_equals_eager_step(arch, layers, output):
+    sizes = [12, 5, 40, 1]
+    for seed in (0, 1):  # a second network reuses the compiled loops: its weights must not be baked in
+        torch.manual_seed(seed)
+        cfg = LSTMConfig(arch=arch, hidden=3, mlp_hidden=3, layers=layers, output=output, out_init_std=0.5)
+        net = LSTMOptimizerNet(cfg).requires_grad_(False)
+        fused, eager_state = FusedStep(net, sizes, torch.device("cpu")), init_state(cfg, sizes)
+        fused_state = init_state(cfg, sizes)
+        for step in range(4):  # carried state (momenta, h, c, t) and a changing lr are compared too
+            g = torch.randn(sum(sizes)) * 10.0 ** (-step)
+            lr = 1e-2 / (step + 1)
+            with torch.no_grad():
+                expected, eager_state, _ = net.step(g, eager_state, lr, penalty=False)
+            update = fused(g, fused_state, lr)
+            torch.testing.assert_close(update, expected, rtol=RTOL, atol=ATOL * lr)
+            assert fused_state["t"] == eager_state["t"] == step + 1
+            for key in ("m", "v", "h", "c"):
+                torch.testing.assert_close(fused_state[key], eager_state[key], rtol=RTOL, atol=ATOL)
+        assert update.abs().max() > 0
