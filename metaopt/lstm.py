@@ -3,15 +3,17 @@
 Two architectures (`LSTMConfig.arch`); both see the same per-coordinate features and produce the same kind of
 output, and all coordinates of all parameter tensors are flattened into one vector of length P:
 * ``coordinate`` (default; Andrychowicz et al. 2016): one small LSTM, shared by every coordinate, reads that
-  coordinate's features and emits its update; each coordinate keeps its own LSTM state. A step is a few
-  [P, F] x [F, 4H] matmuls and ~40 elementwise passes over [P, H] tensors, optionally over row chunks.
+  coordinate's features and emits its update; each coordinate keeps its own LSTM state. A step is one
+  [4H, F+H] x [F+H, P] matmul per layer and ~40 elementwise passes over [H, P] tensors, optionally over
+  column chunks.
 * ``tensor`` (the hierarchical idea of Wichrowska et al. 2017 / Metz et al. 2022 in its cheapest
   form): the LSTM steps once per parameter *tensor*, reading the mean and mean square of each feature over
   that tensor, and adds a per-tensor offset to the outputs of a per-coordinate MLP (F -> mlp_hidden -> 2).
   No per-coordinate recurrent state; per coordinate, two tiny matmuls and ~25 elementwise passes: measured
-  ~6x cheaper than ``coordinate`` at hidden 8 (README "Speed"), faster to the target loss at 10x the
-  meta-training horizon, but less stable at 100x (README "Ablation"). The whole step is feature-major
-  ([F, P]: every per-coordinate quantity a contiguous row).
+  ~3.6x cheaper than ``coordinate`` at hidden 8 (README "Speed"), faster to the target loss at 10x the
+  meta-training horizon, but less stable at 100x (README "Ablation").
+Both are feature-major ([F, P]: every per-coordinate quantity, state included, a contiguous row). This eager
+`step` is what meta-training differentiates through; metaopt.fused compiles the same update for use.
 
 Design, against the failure mode measured in MISSION §4 (a direct-output LSTM that beat tuned Adam inside
 its 60-step horizon and exploded far beyond it):
