@@ -32,7 +32,7 @@ from metaopt.optim import LSTMOptimizer, lopt_blob
 from metaopt.tracking import Run
 from metaopt.unroll import TaskState, start_task, unroll
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: the in-flight LSTM state is feature-major (metaopt.lstm.init_state)
 
 
 def build_family(cfg: dict):
