@@ -105,6 +105,8 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     model = build_model(cfg["model"], cfg["N"], cfg["M"]).to(device)
     net_params, aux_params = split_parameters(model)
     optimizer = make_optimizer(cfg["optimizer"], net_params, cfg)
+    if cfg["optimizer"] == "lstm" and cfg["lopt_compile"]:
+        print("note: the learned optimizer's step compiles at the first step (once per run, ~0.5 min)", file=sys.stderr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=cfg["aux_lr"])
     loss_fn = RateDistortionLoss(cfg["lmbda"], cfg["distortion"])
     batches = CropBatches(list_images(cfg["data"], "train"), cfg["crop"], cfg["batch_size"], cfg["seed"])
