@@ -70,8 +70,8 @@ class LSTMOptimizer(torch.optim.Optimizer):
 
     `lr` is the nominal (Adam) step size of the `adam_correction` output; None = the one it was meta-trained
     with. `compile` uses the torch.compile'd step (`metaopt.fused`); if compiling fails (e.g. no C++
-    compiler) it warns once and keeps the eager step. Parameters whose `.grad` is None at a step are not moved (their coordinates still see a zero
-    gradient, as the flat state covers the whole group). The whole group's state lives, flat, in
+    compiler) it warns once and keeps the eager step. Parameters whose `.grad` is None at a step are not
+    moved (their coordinates still see a zero gradient, as the flat state covers the whole group). The whole group's state lives, flat, in
     `self.state[first param of the group]`, so the stock `state_dict`/`load_state_dict` save and restore
     it; the network weights are saved alongside under "lopt" so a checkpoint is self-contained.
     """
@@ -125,16 +125,23 @@ class LSTMOptimizer(torch.optim.Optimizer):
         return loss
 
     def _fused_update(self, index: int, flat: torch.Tensor, state: dict, sizes: list[int], lr: float):
-        """The compiled step's update (state advanced in place), or None once compiling has failed."""
-        if index not in self.fused:
-            self.fused[index] = FusedStep(self.net, sizes, flat.device)
-        try:
+        """The compiled step's update (state advanced in place), or None if compiling it failed."""
+        if index in self.fused:
             return self.fused[index](flat, state, lr)
-        except Exception as e:  # torch.compile raises at the first call, before any state is touched
+        self.fused[index] = FusedStep(self.net, sizes, flat.device)
+        # The first call compiles, loop by loop: run it on a copy, so a failure halfway (one loop compiled and
+        # run, the next not) leaves the real state untouched for the eager step.
+        trial = {key: value.clone() if torch.is_tensor(value) else value for key, value in state.items()}
+        try:
+            update = self.fused[index](flat, trial, lr)
+        except Exception as e:
             warnings.warn(f"LSTMOptimizer: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                           "using the eager step")
             self.compile = False
+            self.fused.clear()
             return None
+        state.update(trial)
+        return update
 
     @property
     def skipped_updates(self) -> int:

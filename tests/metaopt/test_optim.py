@@ -90,6 +90,23 @@ def test_compiled_step_trains_like_the_eager_one(lopt_file):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_a_failed_compile_falls_back_to_the_eager_step_with_the_state_untouched(lopt_file, monkeypatch):
+    import metaopt.fused
+
+    def broken(self, *args):  # fails at the *last* compiled loop, after the first one ran (tensor arch)
+        raise RuntimeError("no compiler")
+    monkeypatch.setattr(metaopt.fused.FusedStep, "_coordinate_loop", broken)
+    monkeypatch.setattr(metaopt.fused.FusedStep, "_tensor_update_loop", broken)
+    eager_model, fallback_model = _model(), _model()
+    _train(eager_model, LSTMOptimizer(eager_model.parameters(), lopt=lopt_file), 3)
+    opt = LSTMOptimizer(fallback_model.parameters(), lopt=lopt_file, compile=True)
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        _train(fallback_model, opt, 3)
+    assert not opt.compile
+    for a, b in zip(eager_model.parameters(), fallback_model.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_state_saved_in_the_old_row_major_layout_still_loads(lopt_file):
     model = _model()
     opt = LSTMOptimizer(model.parameters(), lopt=lopt_file)
