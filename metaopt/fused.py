@@ -106,6 +106,8 @@ class FusedStep:
 
     def _tensor_update_loop(self, g, m, v, c1, c2, offset, tensor_of, lr):
         net = self.net
+        # The features again, from the updated moments: recomputing them in registers is cheaper than writing
+        # [F, P] to memory in the statistics loop and reading it back here.
         rows, adam_dir = net.feature_rows(g, m, v, c1, c2)
         hidden = [torch.relu(x) for x in linear_rows(rows, net.mlp_w, net.mlp_b)]
         raw_step, raw_direct = (y + offset[k][tensor_of] for k, y in enumerate(linear_rows(hidden, net.out_w, net.out_b)))
