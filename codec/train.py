@@ -23,6 +23,7 @@ from codec.models import MODELS, PAD_MULTIPLE, build_model, load_model, resolve_
 from metaopt import checkpoint as ckpt_io
 from metaopt.config import parse_config
 from metaopt.errors import UserError, cli_entry
+from metaopt.guard import SpikeGuard
 from metaopt.optimizers import OPTIMIZERS, make_optimizer
 from metaopt.tracking import Run
 
@@ -33,10 +34,10 @@ def check_config(cfg: dict) -> None:
     if cfg["model"] not in MODELS:
         raise UserError(f"unknown model {cfg['model']!r}; choose one of: {', '.join(MODELS)}")
     for key in ("steps", "val_every", "log_every", "checkpoint_every", "val_crop", "threads", "workers",
-                "stop_after_nonfinite"):
+                "stop_after_nonfinite", "spike_guard"):
         if cfg[key] < 0:
             raise UserError(f"{key} must be >= 0, got {cfg[key]}")
-    for key in ("batch_size", "crop", "N", "M", "val_every", "log_every", "checkpoint_every"):
+    for key in ("batch_size", "crop", "N", "M", "val_every", "log_every", "checkpoint_every", "spike_snapshot_every"):
         if cfg[key] <= 0:
             raise UserError(f"{key} must be positive, got {cfg[key]}")
     multiple = 64 if "hyperprior" in cfg["model"] else 16
@@ -46,6 +47,8 @@ def check_config(cfg: dict) -> None:
         raise UserError(f"lr must be a positive number (or null for the optimizer's default), got {cfg['lr']!r}")
     if not cfg["aux_lr"] > 0:
         raise UserError("aux_lr must be positive")
+    if 0 < cfg["spike_guard"] <= 1:
+        raise UserError(f"spike_guard must be 0 (off) or a factor > 1, got {cfg['spike_guard']}")
 
 
 def default_run_dir(cfg: dict) -> Path:
@@ -109,6 +112,8 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         print("note: the learned optimizer's step compiles at the first step (once per run, ~0.5 min)", file=sys.stderr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=cfg["aux_lr"])
     loss_fn = RateDistortionLoss(cfg["lmbda"], cfg["distortion"])
+    guard = SpikeGuard({"model": model, "optimizer": optimizer, "aux_optimizer": aux_optimizer}, cfg["spike_guard"],
+                       every=cfg["spike_snapshot_every"]) if cfg["spike_guard"] else None
     batches = CropBatches(list_images(cfg["data"], "train"), cfg["crop"], cfg["batch_size"], cfg["seed"])
     val_images = [load_image(p) for p in list_images(cfg["data"], "test")]
     if cfg["val_crop"]:
@@ -132,6 +137,8 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         step, best_val = state["step"], state["best_val"]
         elapsed_before, skipped, window = state["elapsed"], state["skipped_steps"], state["window"]
         streak = state.get("nonfinite_streak", 0)
+        if guard is not None and "spike_guard" in state:
+            guard.load_state_dict(state["spike_guard"])
 
     run = Run(run_dir, cfg, job_type="codec-train", group=group or cfg["group"], tags=[cfg["optimizer"]],
               resume_step=step if cfg["resume"] else None)
@@ -148,8 +155,12 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         if with_state:
             extra.update(optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
                          rng=ckpt_io.rng_state())
+            if guard is not None:
+                extra["spike_guard"] = guard.state_dict()
         ckpt_io.atomic_save(_checkpoint(cfg, model, step, **extra), path)
 
+    if guard is not None and not cfg["resume"]:
+        guard.snapshot(0)  # Adam at a too-large LR can blow up in its first steps: a state to return to
     model.train()
     progress = tqdm(loader, total=cfg["steps"], initial=step, disable=not show_progress, desc="train",
                     dynamic_ncols=True)
@@ -159,7 +170,15 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         optimizer.zero_grad(set_to_none=True)
         terms = loss_fn(model(x), x)
         terms["loss"].backward()
-        if not torch.isfinite(terms["loss"]):
+        loss_value = float(terms["loss"].detach()) if guard is not None else None  # a host sync, as is the check below
+        if guard is not None and guard.is_spike(loss_value):
+            restored = guard.rollback()  # back to a state from before the spike; this batch's update is dropped
+            tqdm.write(f"step {step + 1}: loss {loss_value:.4g} is a spike (median of the last {len(guard.losses)}: "
+                       f"{guard.median:.4g}); " + ("no snapshot yet, update skipped" if restored is None else
+                                                   f"rolled back to step {restored}"), file=sys.stderr)
+            optimizer.zero_grad(set_to_none=True)
+            opt_time = float("nan")
+        elif not torch.isfinite(terms["loss"]):
             skipped += 1  # a non-finite loss would poison both optimizers' states: skip the update
             streak += 1
             optimizer.zero_grad(set_to_none=True)
@@ -176,6 +195,8 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
             for name in ("loss", "bpp", "mse"):
                 window[name] += terms[name].detach()  # no .item() per step: that would sync the GPU
             window["n"] += 1
+            if guard is not None:
+                guard.record(loss_value, step + 1)
         aux_optimizer.zero_grad(set_to_none=True)
         aux_loss = model.aux_loss()
         aux_loss.backward()
@@ -184,6 +205,8 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         step_time = time.perf_counter() - step_start
         # A run whose every step is skipped has diverged for good: stop instead of burning compute until T.
         stop = bool(cfg["stop_after_nonfinite"]) and streak >= cfg["stop_after_nonfinite"]
+        stop_spikes = guard is not None and guard.gave_up
+        stop = stop or stop_spikes
 
         if stop or step % cfg["log_every"] == 0 or step % cfg["val_every"] == 0 or step == cfg["steps"]:
             row = {name: float(window[name]) / window["n"] if window["n"] else float("nan")
@@ -191,8 +214,10 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
             row.update(psnr=psnr(row["mse"]), aux_loss=float(aux_loss.detach()), step_time=step_time,
                        opt_step_time=opt_time, skipped_steps=skipped + getattr(optimizer, "skipped_updates", 0),
                        wall_time=elapsed_before + time.time() - started)
+            if guard is not None:
+                row["rollbacks"] = guard.rollbacks
             if stop:
-                row["stopped_nonfinite"] = True
+                row["stopped_diverged"] = True
             if step % cfg["val_every"] == 0 or step == cfg["steps"]:
                 row.update(validate(model, loss_fn, val_images, device))
                 if row["val_loss"] < best_val:
@@ -206,8 +231,9 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
         if stop or step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
             save(latest, with_state=True)
         if stop:
-            print(f"warning: stopped at step {step}: {streak} consecutive non-finite losses (the run diverged)",
-                  file=sys.stderr)
+            why = (f"{guard.consecutive} loss-spike rollbacks in a row" if stop_spikes
+                   else f"{streak} consecutive non-finite losses")
+            print(f"warning: stopped at step {step}: {why} (the run diverged)", file=sys.stderr)
             break
     progress.close()
     run.summary({**row, "best_val_loss": best_val})

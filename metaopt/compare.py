@@ -39,7 +39,7 @@ from metaopt.tracking import Run, read_metrics  # noqa: E402
 TUNE_ON = {"train_loss": "training RD loss over the last 10% of T steps of a run with the tuning seed",
            "val_loss": "validation RD loss on the held-out test images after T steps"}
 CODEC_KEYS = ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_size", "log_every", "val_crop",
-              "device", "threads")
+              "spike_guard", "device", "threads")
 
 
 # -- configuration -------------------------------------------------------------------------------------
@@ -175,10 +175,12 @@ def _finite(x) -> bool:
 
 
 def curve(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(steps, training loss, wall seconds) from a run's metrics.jsonl; non-finite losses become inf."""
+    """(steps, training loss, wall seconds) from a run's metrics.jsonl; non-finite losses, and the last row of
+    a run that stopped as diverged, become inf."""
     rows = read_metrics(path / "metrics.jsonl")
     steps = np.array([r["step"] for r in rows], dtype=float)
-    loss = np.array([r["loss"] if _finite(r["loss"]) else math.inf for r in rows], dtype=float)
+    loss = np.array([r["loss"] if _finite(r["loss"]) and not r.get("stopped_diverged") else math.inf for r in rows],
+                    dtype=float)
     wall = np.array([r["wall_time"] for r in rows], dtype=float)
     return steps, loss, wall
 

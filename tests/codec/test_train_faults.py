@@ -1,4 +1,5 @@
 """Fault tolerance of codec.train: kill -9 at random points, then --resume; injected non-finite losses."""
+import math
 import os
 import random
 import subprocess
@@ -96,6 +97,77 @@ def test_a_diverged_run_stops_instead_of_running_to_the_end(tmp_path, image_fold
     train_module.main(["--data", str(image_folder), "--run-dir", str(run_dir), *TINY, "--steps", "20",
                        "--log-every", "5", "--stop-after-nonfinite", "4"])
     rows = read_metrics(run_dir / "metrics.jsonl")
-    assert rows[-1]["step"] == 6 and rows[-1]["stopped_nonfinite"] is True and rows[-1]["skipped_steps"] == 4
+    assert rows[-1]["step"] == 6 and rows[-1]["stopped_diverged"] is True and rows[-1]["skipped_steps"] == 4
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 6
     assert "stopped at step 6" in capsys.readouterr().err
+
+
+def _spike_at(monkeypatch, steps, factor=1e4):
+    """Multiply the training loss by `factor` at the given (1-based) training steps."""
+    real_forward = train_module.RateDistortionLoss.forward
+    calls = {"n": 0}
+
+    def spiky(self, output, target):
+        terms = real_forward(self, output, target)
+        if torch.is_grad_enabled():  # a training step (validation runs under no_grad)
+            calls["n"] += 1
+            if calls["n"] in steps:
+                terms["loss"] = terms["loss"] * factor
+        return terms
+
+    monkeypatch.setattr(train_module.RateDistortionLoss, "forward", spiky)
+
+
+SLOW = ["--lr", "2e-4", "--log-every", "2"]  # TINY's lr 1e-3 spikes on its own (which the guard also catches)
+GUARD = [*SLOW, "--spike-guard", "10", "--spike-snapshot-every", "4", "--checkpoint-every", "3"]
+
+
+def test_spike_guard_rolls_back_a_loss_spike_and_the_run_goes_on(tmp_path, image_folder, monkeypatch):
+    _spike_at(monkeypatch, {26})
+    run_dir = tmp_path / "r"
+    train_module.main(["--data", str(image_folder), "--run-dir", str(run_dir), *TINY, *GUARD, "--steps", "30"])
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["rollbacks"] for r in rows if r["step"] in (24, 26, 30)] == [0, 1, 1]
+    assert all(math.isfinite(r["loss"]) and r["loss"] < 1e3 for r in rows)  # the spiked batch is not logged
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 30 and [s for s, _ in state["spike_guard"]["snapshots"]] == [20, 28]  # 24 dropped
+
+
+def test_spike_guard_off_lets_the_same_spike_through(tmp_path, image_folder, monkeypatch):
+    _spike_at(monkeypatch, {26})
+    run_dir = tmp_path / "r"
+    train_module.main(["--data", str(image_folder), "--run-dir", str(run_dir), *TINY, *SLOW, "--steps", "26"])
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert rows[-1]["loss"] > 1e3 and "rollbacks" not in rows[-1]
+
+
+def test_spike_guard_gives_up_on_a_spike_that_keeps_coming_back(tmp_path, image_folder, monkeypatch, capsys):
+    _spike_at(monkeypatch, set(range(23, 100)))
+    run_dir = tmp_path / "r"
+    train_module.main(["--data", str(image_folder), "--run-dir", str(run_dir), *TINY, *GUARD, "--steps", "60"])
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert rows[-1]["stopped_diverged"] is True and rows[-1]["step"] == 27 and rows[-1]["rollbacks"] == 5
+    assert "5 loss-spike rollbacks in a row" in capsys.readouterr().err
+
+
+def test_resume_with_the_spike_guard_equals_an_uninterrupted_run(tmp_path, image_folder, monkeypatch):
+    _spike_at(monkeypatch, {26})
+    args = ["--data", str(image_folder), *TINY, *GUARD]
+    train_module.main([*args, "--run-dir", str(tmp_path / "full"), "--steps", "30"])
+    _spike_at(monkeypatch, {26})
+    train_module.main([*args, "--run-dir", str(tmp_path / "part"), "--steps", "24"])
+    _spike_at(monkeypatch, {2})  # the resumed run's 2nd step is step 26
+    train_module.main([*args, "--run-dir", str(tmp_path / "part"), "--steps", "30", "--resume"])
+    resumed, full = (_strip(read_metrics(tmp_path / name / "metrics.jsonl")) for name in ("part", "full"))
+    assert resumed == full and resumed[-1]["rollbacks"] == 1
+
+
+def test_spike_guard_catches_a_blow_up_in_the_first_steps_by_returning_to_the_start(tmp_path, image_folder,
+                                                                                      monkeypatch, capsys):
+    _spike_at(monkeypatch, {3}, factor=math.nan)
+    run_dir = tmp_path / "r"
+    train_module.main(["--data", str(image_folder), "--run-dir", str(run_dir), *TINY, *GUARD, "--steps", "6"])
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert rows[-1]["rollbacks"] == 1 and rows[-1]["skipped_steps"] == 0 and math.isfinite(rows[-1]["loss"])
+    err = capsys.readouterr().err
+    assert "step 3: loss nan is a spike" in err and "rolled back to step 0" in err
