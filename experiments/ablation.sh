@@ -5,11 +5,16 @@
 # seeds, so only the learned optimizer differs. Prints a markdown table at the end.
 #   bash experiments/ablation.sh     # env: PY=.venv/bin/python SEEDS=5 OUT=runs/ablation ORDER="<variants>"
 #                                    #      COMPARE_ARGS="--threads 1" (extra metaopt.compare flags)
+#                                    #      META_OUT=DIR: take the meta-trained variants from DIR (default OUT)
+# The spike-guard rows of the README: the same optimizers, every run (Adam's tuning included) guarded:
+#   OUT=runs/ablation-guard10 META_OUT=runs/ablation COMPARE_ARGS="--spike-guard 10" FIRST=tensor \
+#     ORDER="tensor direct-output coordinate" bash experiments/ablation.sh
 # Two variants can run side by side (ORDER=... in two shells) once the first variant's compare exists.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 SEEDS=${SEEDS:-5}
 OUT=${OUT:-runs/ablation}
+META_OUT=${META_OUT:-$OUT}
 
 # The bounded adam_correction output, all features and loss scaling are the defaults; every variant names
 # its arch, so the table keeps its meaning whichever arch is the default.
@@ -25,7 +30,7 @@ ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor tenso
 FIRST=${FIRST:-coordinate}  # the variant whose compare holds the tuned-Adam runs
 
 for name in $ORDER; do
-  meta="$OUT/meta-$name"
+  meta="$META_OUT/meta-$name"
   if [ ! -f "$meta/.done" ]; then  # resumable: an interrupted meta-training continues, a finished one is kept
     resume=""; [ -f "$meta/checkpoint.pt" ] && resume="--resume"
     # shellcheck disable=SC2086

@@ -54,6 +54,8 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path, image_folder, capsy
     (["--distortion", "l1"], "unknown distortion"),
     (["--lr", "fast"], "lr must be"),
     (["--resume"], "--resume needs --run-dir"),
+    (["--spike-guard", "0.5"], "spike_guard must be 0 (off) or a factor > 1"),
+    (["--spike-snapshot-every", "0"], "spike_snapshot_every must be positive"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:
