@@ -186,13 +186,11 @@ def curve(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def trailing_mean(values: np.ndarray, k: int) -> np.ndarray:
-    """Mean of each value and the k-1 before it (fewer at the start); inf stays inf."""
-    csum = np.cumsum(np.concatenate([[0.0], values]))
-    idx = np.arange(1, len(values) + 1)
-    lo = np.maximum(0, idx - k)
-    with np.errstate(invalid="ignore"):
-        out = (csum[idx] - csum[lo]) / (idx - lo)
-    return np.where(np.isnan(out), math.inf, out)
+    """Mean of each value and the k-1 before it (fewer at the start); a window holding inf is inf.
+    Window by window, not as differences of a cumulative sum: one huge early value (a first window at 1e17,
+    then a recovery) would wipe out the precision of every later difference (measured: means of 0.0)."""
+    padded = np.concatenate([np.full(k - 1, np.nan), np.asarray(values, dtype=float)])
+    return np.nanmean(np.lib.stride_tricks.sliding_window_view(padded, k), axis=1)
 
 
 def is_diverged(loss: np.ndarray) -> bool:

@@ -167,3 +167,12 @@ def test_statistics_read_the_smoothed_curve():
     # raw, the lucky window at step 20 "reaches" 5.4; smoothed over 3 windows the trend gets there at step 40
     assert compare.first_reach(steps, noisy, 5.4) == 20
     assert compare.first_reach(steps, compare.trailing_mean(noisy, 3), 5.4) == 40
+
+
+def test_trailing_mean_survives_a_huge_early_value():
+    """A run that blew up in its first window (1.8e17, measured) and then recovered: later means stay exact
+    (a cumulative-sum implementation returned 0.0 for them) and an inf only poisons the windows holding it."""
+    values = np.array([1.8e17, 53892.0, 48.7, 44.5, 41.9, 38.5, math.inf, 30.0, 20.0])
+    out = compare.trailing_mean(values, 2)
+    assert out[3:6].tolist() == [(48.7 + 44.5) / 2, (44.5 + 41.9) / 2, (41.9 + 38.5) / 2]
+    assert out[6:].tolist() == [math.inf, math.inf, 25.0]
