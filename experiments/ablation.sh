@@ -7,7 +7,7 @@
 #                                    #      COMPARE_ARGS="--threads 1" (extra metaopt.compare flags)
 #                                    #      META_OUT=DIR: take the meta-trained variants from DIR (default OUT)
 # The spike-guard rows of the README: the same optimizers, every run (Adam's tuning included) guarded:
-#   OUT=runs/ablation-guard10 META_OUT=runs/ablation COMPARE_ARGS="--spike-guard 10" FIRST=tensor \
+#   OUT=runs/ablation-guard10 META_OUT=runs/ablation COMPARE_ARGS="--spike-guard 10 --threads 1" FIRST=tensor \
 #     ORDER="tensor direct-output coordinate" bash experiments/ablation.sh
 # Two variants can run side by side (ORDER=... in two shells) once the first variant's compare exists.
 set -euo pipefail

@@ -16,8 +16,9 @@ PyTorch library does that for a plain loop, so it lives here, independent of the
 
 A step is a spike when its loss is not finite or above `factor` x the median of the last `history` healthy
 losses. Snapshots (deep copies of every registered object's state_dict) are taken every `every` recorded
-steps and the two latest are kept; a rollback restores the older one, so the state it returns to is at
-least `every` steps older than the spike (a blow-up often builds up for a few steps below the threshold).
+steps and the two latest are kept; a rollback restores the older one, so (once two exist) the state it returns
+to is `every` to 2 x `every` steps before the spike: a blow-up often builds up for a few steps below the
+threshold. Until `min_history` losses are recorded only non-finite losses count as spikes.
 """
 from __future__ import annotations
 
