@@ -25,6 +25,7 @@ declare -A VARIANTS=(
   [no-loss-scaling]="--arch coordinate --loss-scale 1"
   [tensor]="--arch tensor"
   [tensor-alpha0.5]="--arch tensor --alpha 0.5"
+  [tensor-h300]="--arch tensor --horizon-max 300 --val-steps 900"  # README: stopped at meta-step 500, not in ORDER
 )
 ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor tensor-alpha0.5"}
 FIRST=${FIRST:-coordinate}  # the variant whose compare holds the tuned-Adam runs
