@@ -26,6 +26,8 @@ declare -A VARIANTS=(
   [tensor]="--arch tensor"
   [tensor-alpha0.5]="--arch tensor --alpha 0.5"
   [tensor-h300]="--arch tensor --horizon-max 300 --val-steps 900"  # README: stopped at meta-step 500, not in ORDER
+  [tensor-beta1]="--arch tensor --beta 1.0"  # the bounded direct term as large as the nominal step
+  [tensor-unroll20]="--arch tensor --unroll 20 --meta-steps 400 --curriculum-steps 200"  # less greedy truncations
 )
 ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor tensor-alpha0.5"}
 FIRST=${FIRST:-coordinate}  # the variant whose compare holds the tuned-Adam runs

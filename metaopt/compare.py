@@ -3,9 +3,10 @@
 1. Tune Adam: one run per learning rate of the grid and tuning seed (`tune_seeds`, never reported; T steps);
    the LR with the lowest mean training loss over the last 10% of steps wins (`tune_on: val_loss` = the
    validation RD loss on the held-out "test" images instead), and an LR that diverged on any tuning seed is
-   out: a tuned baseline must be stable, not lucky. A default Adam proves nothing.
+   out: a tuned baseline must be stable, not lucky. A default Adam proves nothing. `lstm_lrs` (off by default:
+   a learned optimizer should need no tuning) tunes the LSTM's nominal step by the same rule.
 2. Run every optimizer x seed for T steps on the same held-out codec task (tuned Adam; the others at their
-   defaults), each a full `codec.train` run logged to W&B with a shared group, job_type "compare" and
+   defaults or tuned step), each a full `codec.train` run logged to W&B with a shared group, job_type "compare" and
    tags [optimizer].
 3. Analyse the runs' own metrics.jsonl: target loss = tuned Adam's final training loss (mean over the seeds
    that did not diverge),
@@ -81,9 +82,12 @@ def check_config(cfg: dict) -> dict:
         raise UserError("optimizers must include adam: it is the tuned baseline that defines the target loss")
     if not cfg["adam_lrs"]:
         raise UserError("adam_lrs is empty: Adam must be tuned over a grid of learning rates")
-    for lr in cfg["adam_lrs"]:
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise UserError(f"adam_lrs must be positive numbers, got {lr!r}")
+    for key in ("adam_lrs", "lstm_lrs"):
+        for lr in cfg[key] or []:
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+                raise UserError(f"{key} must be positive numbers, got {lr!r}")
+    if cfg["lstm_lrs"] and "lstm" not in optimizers:
+        raise UserError("lstm_lrs is set but lstm is not among the optimizers")
     if cfg["tune_on"] not in TUNE_ON:
         raise UserError(f"tune_on must be one of {', '.join(TUNE_ON)}, got {cfg['tune_on']!r}")
     if cfg["steps"] <= 0:
@@ -143,30 +147,39 @@ def run_compare(cfg: dict, run_dir: Path) -> dict:
     cfg = {**cfg, "group": group}
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    tuned = {"adam": tune_lr(cfg, plan, run_dir, "adam", cfg["adam_lrs"], group)}
+    if cfg["lstm_lrs"]:
+        tuned["lstm"] = tune_lr(cfg, plan, run_dir, "lstm", cfg["lstm_lrs"], group)
+
+    runs: dict[str, dict[int, Path]] = {}
+    for optimizer in cfg["optimizers"]:
+        lr = tuned[optimizer][1] if optimizer in tuned else None
+        for seed in plan["seeds"]:
+            path = run_dir / "runs" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}"
+            run_one(path, codec_config(cfg, optimizer, lr, seed), group)
+            runs.setdefault(optimizer, {})[seed] = path
+    summary = summarize(cfg, runs, tuned, meta_horizon(cfg))
+    write_outputs(cfg, run_dir, summary, runs)
+    return summary
+
+
+def tune_lr(cfg: dict, plan: dict, run_dir: Path, optimizer: str, grid: list, group: str) -> tuple[dict, float]:
+    """Run `optimizer` at every LR of `grid` on the tuning seeds; return ({lr: tuning results}, best lr).
+    Best = lowest mean `tune_on` loss over the tuning seeds among the LRs that diverged on none."""
     tuning = {}
-    for lr in cfg["adam_lrs"]:
+    for lr in grid:
         train_losses, val_losses = [], []
         for seed in plan["tune_seeds"]:
-            path = run_dir / "tune" / f"adam-lr{lr_tag(lr)}-s{seed}"
-            row = run_one(path, codec_config(cfg, "adam", lr, seed), group)
+            path = run_dir / "tune" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}"
+            row = run_one(path, codec_config(cfg, optimizer, lr, seed), group)
             train_losses.append(tail_loss(path))
             val_losses.append(row["val_loss"] if _finite(row.get("val_loss")) else math.inf)
         tuning[lr] = {"train_loss": float(np.mean(train_losses)), "val_loss": float(np.mean(val_losses)),
                       "diverged": sum(not math.isfinite(x) for x in train_losses)}
     best_lr = min(tuning, key=lambda lr: tuning[lr][cfg["tune_on"]] if not tuning[lr]["diverged"] else math.inf)
     if not math.isfinite(tuning[best_lr][cfg["tune_on"]]):
-        raise UserError("every Adam learning rate of the grid diverged; widen adam_lrs")
-
-    runs: dict[str, dict[int, Path]] = {}
-    for optimizer in cfg["optimizers"]:
-        lr = best_lr if optimizer == "adam" else None
-        for seed in plan["seeds"]:
-            path = run_dir / "runs" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}"
-            run_one(path, codec_config(cfg, optimizer, lr, seed), group)
-            runs.setdefault(optimizer, {})[seed] = path
-    summary = summarize(cfg, runs, tuning, best_lr, meta_horizon(cfg))
-    write_outputs(cfg, run_dir, summary, runs)
-    return summary
+        raise UserError(f"every {optimizer} learning rate of the grid diverged; widen {optimizer}_lrs")
+    return tuning, best_lr
 
 
 # -- analysis ------------------------------------------------------------------------------------------
@@ -227,8 +240,9 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
-def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuning: dict, best_lr: float,
+def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuned: dict[str, tuple[dict, float]],
               horizon: int | None) -> dict:
+    """`tuned`: optimizer -> (its LR-grid results, the chosen LR), as `tune_lr` returns them."""
     # Every statistic reads the *smoothed* curve: one logged window is a 10-step mean over random crops and
     # scatters by ~+-15% around the trend, enough for a single lucky window to "reach" a target hundreds of
     # steps early. The trailing mean over `smooth` windows keeps steps-to-target about the trend.
@@ -278,7 +292,8 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuning: dict, best_lr
     return {
         "steps": T, "seeds": sorted(int(s) for s in next(iter(per_opt.values()))["seeds"]),
         "meta_training_horizon": horizon, "report_steps": checkpoints,
-        "adam_lr_grid": {lr_tag(lr): v for lr, v in tuning.items()}, "tuned_adam_lr": best_lr,
+        **{f"{opt}_lr_grid": {lr_tag(lr): v for lr, v in grid.items()} for opt, (grid, _) in tuned.items()},
+        **{f"tuned_{opt}_lr": best for opt, (_, best) in tuned.items()},
         "tuning_criterion": TUNE_ON[cfg["tune_on"]],
         "target_loss": target, "smooth_windows": k,
         "target_definition": f"mean over the non-diverged seeds of tuned Adam's training loss at T (every curve "
@@ -341,15 +356,23 @@ def _fmt(v, digits=4) -> str:
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
+def _lr_grid_table(summary: dict, optimizer: str) -> list[str]:
+    best = summary[f"tuned_{optimizer}_lr"]
+    return ["| lr | training loss (last 10%) | validation loss | diverged |", "|---|---|---|---|"] + [
+        f"| {lr}{' **(best)**' if float(lr) == best else ''} | {_fmt(v['train_loss'])} | {_fmt(v['val_loss'])} | "
+        f"{v['diverged']} |" for lr, v in summary[f"{optimizer}_lr_grid"].items()]
+
+
 def report_markdown(summary: dict) -> str:
     lines = ["# LSTM vs tuned Adam", "",
              f"T = {summary['steps']} steps, seeds {summary['seeds']}, meta-training horizon "
              f"{_fmt(summary['meta_training_horizon'])}.", "",
              "## Adam LR tuning", "", f"Criterion: {summary['tuning_criterion']}.", "",
              f"Tuning seeds {summary['tune_seeds']} (means over them; an LR that diverged on any is out).", "",
-             "| lr | training loss (last 10%) | validation loss | diverged |", "|---|---|---|---|"]
-    lines += [f"| {lr}{' **(best)**' if float(lr) == summary['tuned_adam_lr'] else ''} | {_fmt(v['train_loss'])} | "
-              f"{_fmt(v['val_loss'])} | {v['diverged']} |" for lr, v in summary["adam_lr_grid"].items()]
+             *_lr_grid_table(summary, "adam")]
+    if "lstm_lr_grid" in summary:
+        lines += ["", "LSTM nominal step, tuned by the same rule on the same seeds:", "",
+                  *_lr_grid_table(summary, "lstm")]
     lines += ["", f"Target loss (tuned Adam's mean training loss at T, non-diverged seeds; curves smoothed over "
               f"{summary['smooth_windows']} logged windows): **{_fmt(summary['target_loss'])}**", "",
               "## Steps to target", "",
@@ -397,7 +420,8 @@ def write_outputs(cfg: dict, run_dir: Path, summary: dict, runs: dict[str, dict[
     report.log_files(images={"convergence": run_dir / "convergence.png"},
                      tables={"steps_to_target": (["optimizer", "seed", "steps", "seconds", "final_loss",
                                                   "diverged"], rows)})
-    report.summary({"target_loss": summary["target_loss"], "tuned_adam_lr": summary["tuned_adam_lr"],
+    report.summary({"target_loss": summary["target_loss"],
+                    **{k: v for k, v in summary.items() if k.startswith("tuned_") and k.endswith("_lr")},
                     **{f"{opt}/steps_to_target_ratio": r["steps_to_target_ratio"]
                        for opt, r in summary["ratios_vs_adam"].items()}})
     report.finish()

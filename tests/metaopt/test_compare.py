@@ -57,6 +57,21 @@ def test_compare_end_to_end_summary_matches_the_runs_metrics(tmp_path, image_fol
     assert list((out / "runs" / "lstm-lrdefault-s0" / "wandb").glob("offline-run-*"))
 
 
+def test_lstm_nominal_step_tuned_by_the_same_rule_as_adam(tmp_path, image_folder, lopt_file, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "cmp"
+    summary = compare.main(["--run-dir", str(out), "--data", str(image_folder), "--lopt", str(lopt_file),
+                            "--seeds", "1", "--steps", "6", "--adam-lrs", "1e-3", "--lstm-lrs", "1e-4,3e-3",
+                            "--smooth", "1", *TINY])
+    tail = {lr: sum(read_metrics(out / "tune" / f"lstm-lr{lr}-s{s}" / "metrics.jsonl")[-1]["loss"]
+                    for s in (1000, 1001)) / 2 for lr in ("0.0001", "0.003")}
+    assert summary["tuned_lstm_lr"] == float(min(tail, key=tail.get))
+    assert summary["lstm_lr_grid"]["0.003"]["train_loss"] == pytest.approx(tail["0.003"])
+    rows = read_metrics(out / "runs" / f"lstm-lr{summary['tuned_lstm_lr']:g}-s0" / "metrics.jsonl")
+    assert summary["optimizers"]["lstm"]["seeds"]["0"]["final_loss"] == pytest.approx(rows[-1]["loss"])
+    assert "LSTM nominal step, tuned" in (out / "report.md").read_text()
+
+
 def test_an_interrupted_compare_skips_finished_runs(tmp_path, image_folder, lopt_file, monkeypatch):
     out = tmp_path / "cmp"
     args = ["--run-dir", str(out), "--data", str(image_folder), "--lopt", str(lopt_file), "--seeds", "1",
@@ -79,6 +94,8 @@ def test_an_interrupted_compare_skips_finished_runs(tmp_path, image_folder, lopt
 @pytest.mark.parametrize("args, message", [
     (["--optimizers", "adam,rmsprop"], "unknown optimizer"),
     (["--adam-lrs", "[]"], "adam_lrs is empty"),
+    (["--lstm-lrs", "1e-3,-1"], "lstm_lrs must be positive"),
+    (["--lstm-lrs", "1e-3", "--optimizers", "adam"], "lstm is not among the optimizers"),
     (["--seeds", "1,two"], "seeds must be integers"),
     (["--seeds", "1.5,2"], "seeds must be integers"),
     (["--seeds", "0"], "at least 1"),
@@ -150,7 +167,8 @@ def test_a_diverged_seed_is_flagged_and_kept_out_of_target_means_and_plot(tmp_pa
             "lstm": {0: fake_run("l0", [9.0, 3.0, 2.5]), 1: fake_run("l1", [9.0, 4.0, 3.5]),
                      2: fake_run("l2", [9.0, 2.0, 1.5])}}
     tuning = {1e-3: {"train_loss": 3.0, "val_loss": 4.0, "diverged": 0}}
-    summary = compare.summarize({"steps": 30, "tune_seeds": [1000], "tune_on": "train_loss"}, runs, tuning, 1e-3, horizon=None)
+    summary = compare.summarize({"steps": 30, "tune_seeds": [1000], "tune_on": "train_loss"}, runs,
+                                {"adam": (tuning, 1e-3)}, horizon=None)
     adam, lstm = summary["optimizers"]["adam"], summary["optimizers"]["lstm"]
     assert summary["target_loss"] == pytest.approx(3.0)  # mean of 4.0 and 2.0: the diverged seed is left out
     assert adam["divergences"] == 1 and adam["seeds"]["1"]["diverged"] and lstm["divergences"] == 0
@@ -162,7 +180,8 @@ def test_a_diverged_seed_is_flagged_and_kept_out_of_target_means_and_plot(tmp_pa
 
 
 def test_statistics_read_the_smoothed_curve():
-    assert compare.trailing_mean(np.array([4.0, 2.0, 6.0, math.inf, 1.0]), 2).tolist() == [4.0, 3.0, 4.0, math.inf, math.inf]
+    smoothed = compare.trailing_mean(np.array([4.0, 2.0, 6.0, math.inf, 1.0]), 2)
+    assert smoothed.tolist() == [4.0, 3.0, 4.0, math.inf, math.inf]
     steps, noisy = np.array([10, 20, 30, 40, 50]), np.array([9.0, 3.0, 8.0, 5.0, 4.0])
     # raw, the lucky window at step 20 "reaches" 5.4; smoothed over 3 windows the trend gets there at step 40
     assert compare.first_reach(steps, noisy, 5.4) == 20
