@@ -316,9 +316,11 @@ def _final_rd(path: Path) -> dict:
 
 
 # -- outputs -------------------------------------------------------------------------------------------
-def plot_convergence(runs: dict[str, dict[int, Path]], target: float, out: Path) -> None:
+def plot_convergence(runs: dict[str, dict[int, Path]], target: float, out: Path) -> tuple[float, float]:
+    """Write the two-panel convergence plot; returns its y range."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for opt, by_seed in runs.items():
+    top, bottom = 0.0, math.inf  # y range: up to 2x the highest per-step median, so one seed's spike (a guarded
+    for opt, by_seed in runs.items():  # run's logged window can reach 1e18 before the rollback) hides nothing
         all_curves = [curve(p) for p in by_seed.values()]
         curves = [c for c in all_curves if not is_diverged(c[1])]  # a diverged run would swamp a log-scale mean
         note = f", {len(all_curves) - len(curves)} diverged, not drawn" if len(curves) < len(all_curves) else ""
@@ -329,6 +331,7 @@ def plot_convergence(runs: dict[str, dict[int, Path]], target: float, out: Path)
         loss = np.stack([c[1][:n] for c in curves])
         wall = np.mean(np.stack([c[2][:n] for c in curves]), axis=0)
         mean = np.exp(np.mean(np.log(np.clip(loss, 1e-12, 1e30)), axis=0))  # geometric mean: log-scale plot
+        top, bottom = max(top, 2 * float(np.median(loss, axis=0).max())), min(bottom, 0.8 * float(loss.min()))
         for ax, x in ((axes[0], steps), (axes[1], wall)):
             line, = ax.plot(x, mean, label=f"{opt} ({len(curves)} seeds{note})")
             ax.fill_between(x, np.clip(loss.min(0), 1e-12, None), np.clip(loss.max(0), None, 1e30),
@@ -337,6 +340,8 @@ def plot_convergence(runs: dict[str, dict[int, Path]], target: float, out: Path)
         if math.isfinite(target):
             ax.axhline(target, color="k", ls="--", lw=0.8, label="target (tuned Adam at T)")
         ax.set_yscale("log")
+        if 0 < bottom < top < math.inf:
+            ax.set_ylim(bottom, top)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("training RD loss (window mean)")
         ax.grid(alpha=0.3, which="both")
@@ -346,6 +351,7 @@ def plot_convergence(runs: dict[str, dict[int, Path]], target: float, out: Path)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+    return axes[0].get_ylim()
 
 
 def _fmt(v, digits=4) -> str:

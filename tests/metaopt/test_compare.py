@@ -177,6 +177,10 @@ def test_a_diverged_seed_is_flagged_and_kept_out_of_target_means_and_plot(tmp_pa
     assert [lstm["seeds"][s]["steps_to_target"] for s in "012"] == [20, None, 20]
     compare.plot_convergence(runs, summary["target_loss"], tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 0
+    # one seed's spike (a guarded run logs it before rolling back) does not set the y range
+    runs["lstm"][1] = fake_run("spiky", [9.0, 1e18, 3.0])
+    bottom, top = compare.plot_convergence(runs, summary["target_loss"], tmp_path / "c.png")
+    assert top == pytest.approx(2 * 9.0) and bottom == pytest.approx(0.8 * 1.5)
 
 
 def test_statistics_read_the_smoothed_curve():

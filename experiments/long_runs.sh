@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The README Ablation's "100x horizon" column: codec.train on compare's held-out task for 10 000 steps, one run
+# per seed, PARALLEL at a time (one torch thread each), resumable (a killed run continues from its checkpoint).
+#   NAME=tensor-beta1 LOPT=runs/ablation/meta-tensor-beta1/lopt.pt bash experiments/long_runs.sh
+#   env: PY=.venv/bin/python SEEDS="0 1 2 3 4" PARALLEL=2 STEPS=10000 OUT=runs/ablation GUARD=10 (0 = unguarded)
+#        LR=<nominal step> (default: the one in LOPT)
+# Prints each run's final and worst logged loss and its rollback count.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+SEEDS=${SEEDS:-"0 1 2 3 4"}
+PARALLEL=${PARALLEL:-2}
+STEPS=${STEPS:-10000}
+OUT=${OUT:-runs/ablation}
+GUARD=${GUARD:-10}
+: "${NAME:?set NAME (the runs are OUT/long100x-NAME[-guardG]-sSEED)}" "${LOPT:?set LOPT (a lopt.pt)}"
+tag="long100x-$NAME"; [ "$GUARD" != 0 ] && tag="$tag-guard$GUARD"
+lr_args=(); [ -n "${LR:-}" ] && lr_args=(--lr "$LR")
+
+run_seed() {
+  local dir="$OUT/$tag-s$1" resume=""
+  [ -f "$dir/done" ] && return
+  [ -f "$dir/checkpoint.pt" ] && resume="--resume"
+  $PY -m codec.train --optimizer lstm --lopt "$LOPT" "${lr_args[@]}" --steps "$STEPS" --seed "$1" --log-every 50 \
+    --val-every "$STEPS" --eval-at-end false --threads 1 --spike-guard "$GUARD" --run-dir "$dir" $resume \
+    > "$dir.log" 2>&1 && touch "$dir/done"
+}
+
+for seed in $SEEDS; do
+  while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n || true; done
+  run_seed "$seed" &
+done
+wait
+
+$PY - "$OUT" "$tag" $SEEDS <<'PY'
+import json, math, sys
+out, tag, seeds = sys.argv[1], sys.argv[2], sys.argv[3:]
+for s in seeds:
+    rows = [json.loads(line) for line in open(f"{out}/{tag}-s{s}/metrics.jsonl")]
+    loss = [r["loss"] if isinstance(r["loss"], (int, float)) else math.inf for r in rows]
+    stopped = any(r.get("stopped_diverged") for r in rows)
+    print(f"{tag}-s{s}: step {rows[-1]['step']}, final loss {loss[-1]:.3f}, worst {max(loss):.3g}, "
+          f"rollbacks {rows[-1].get('rollbacks', 0)}{', STOPPED AS DIVERGED' if stopped else ''}")
+PY
