@@ -29,6 +29,7 @@ declare -A VARIANTS=(
   [tensor-beta1]="--arch tensor --beta 1.0"  # the bounded direct term as large as the nominal step
   [tensor-unroll20]="--arch tensor --unroll 20 --meta-steps 400 --curriculum-steps 200"  # less greedy truncations
   [tensor-direct]="--arch tensor --output direct"
+  [tensor-param-scale]="--arch tensor --features grad_logsign,adam_grad,momenta,param_scale"
 )
 ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor tensor-alpha0.5"}
 FIRST=${FIRST:-coordinate}  # the variant whose compare holds the tuned-Adam runs

@@ -35,8 +35,8 @@ def linear_rows(rows: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor | Non
 
 
 class FusedStep:
-    """`fused(g, state, lr) -> update`: the same update as `net.step(g, state, lr)[0]`, with `state` (an
-    `init_state` dict) advanced *in place*. One instance per network and parameter layout."""
+    """`fused(g, state, lr, params) -> update`: the same update as `net.step(g, state, lr, params=params)[0]`,
+    with `state` (an `init_state` dict) advanced *in place*. One instance per network and parameter layout."""
 
     def __init__(self, net: LSTMOptimizerNet, sizes: list[int], device: torch.device):
         self.net, self.cfg = net, net.cfg
@@ -54,31 +54,33 @@ class FusedStep:
             self._tensor_update = compile_(self._tensor_update_loop)
 
     @torch.no_grad()
-    def __call__(self, g: torch.Tensor, state: dict, lr: float) -> torch.Tensor:
+    def __call__(self, g: torch.Tensor, state: dict, lr: float, params: torch.Tensor | None = None) -> torch.Tensor:
+        if params is None and "param_scale" in self.cfg.features:
+            raise ValueError('feature "param_scale" needs the parameter values: fused(..., params=flat params)')
         t = state["t"] + 1
         c1, c2 = bias_corrections(self.cfg, t, g)
         lr = torch.tensor(lr, device=g.device, dtype=g.dtype)  # a tensor: a new lr does not recompile
         one_minus = self.one_minus.to(g.dtype)
         if self.cfg.arch == "coordinate":
-            update = self._coordinate(g, state["m"], state["v"], state["h"], state["c"], one_minus, c1, c2, lr)
+            update = self._coordinate(g, state["m"], state["v"], state["h"], state["c"], one_minus, c1, c2, lr, params)
             state["t"] = t
             return update
-        stats = self._statistics(g, state["m"], state["v"], one_minus, c1, c2)
+        stats = self._statistics(g, state["m"], state["v"], one_minus, c1, c2, params)
         h_top, h, c = self.net.cell(stats.T, state["h"], state["c"])  # T columns: tiny
         state["h"], state["c"] = h, c
         offset = self.net.tensor_out_w.T @ h_top  # [2, T]
         state["t"] = t
-        return self._tensor_update(g, state["m"], state["v"], c1, c2, offset, self.tensor_of, lr)
+        return self._tensor_update(g, state["m"], state["v"], c1, c2, offset, self.tensor_of, lr, params)
 
     # -- the loops torch.compile fuses ----------------------------------------------------------------
-    def _moments_and_features(self, g, m, v, one_minus, c1, c2):
+    def _moments_and_features(self, g, m, v, one_minus, c1, c2, params):
         m.lerp_(g.expand_as(m), one_minus)
         v.lerp_(g * g, 1 - self.cfg.adam_beta2)
-        return self.net.feature_rows(g, m, v, c1, c2)
+        return self.net.feature_rows(g, m, v, c1, c2, params)
 
-    def _coordinate_loop(self, g, m, v, h, c, one_minus, c1, c2, lr):
+    def _coordinate_loop(self, g, m, v, h, c, one_minus, c1, c2, lr, params):
         net, H = self.net, self.cfg.hidden
-        inp, adam_dir = self._moments_and_features(g, m, v, one_minus, c1, c2)
+        inp, adam_dir = self._moments_and_features(g, m, v, one_minus, c1, c2, params)
         hs, cs = [], []
         for layer in range(self.cfg.layers):
             gates = linear_rows(inp + [h[layer * H + j] for j in range(H)], net.w[layer], net.b[layer])
@@ -94,9 +96,9 @@ class FusedStep:
         raw_step, raw_direct = linear_rows(inp, net.out_w, net.out_b)
         return -lr * net.head(raw_step, raw_direct, adam_dir)
 
-    def _statistics_loop(self, g, m, v, one_minus, c1, c2):
+    def _statistics_loop(self, g, m, v, one_minus, c1, c2, params):
         """Moments in place, and each tensor's mean and mean square of every feature: [T, 2F]."""
-        rows, _ = self._moments_and_features(g, m, v, one_minus, c1, c2)
+        rows, _ = self._moments_and_features(g, m, v, one_minus, c1, c2, params)
         stats, start = [], 0
         for n in self.sizes:
             piece = [r[start:start + n] for r in rows]
@@ -104,11 +106,11 @@ class FusedStep:
             start += n
         return torch.stack(stats)
 
-    def _tensor_update_loop(self, g, m, v, c1, c2, offset, tensor_of, lr):
+    def _tensor_update_loop(self, g, m, v, c1, c2, offset, tensor_of, lr, params):
         net = self.net
         # The features again, from the updated moments: recomputing them in registers is cheaper than writing
         # [F, P] to memory in the statistics loop and reading it back here.
-        rows, adam_dir = net.feature_rows(g, m, v, c1, c2)
+        rows, adam_dir = net.feature_rows(g, m, v, c1, c2, params)
         hidden = [torch.relu(x) for x in linear_rows(rows, net.mlp_w, net.mlp_b)]
         raw_step, raw_direct = (y + offset[k][tensor_of] for k, y in enumerate(linear_rows(hidden, net.out_w, net.out_b)))
         return -lr * net.head(raw_step, raw_direct, adam_dir)

@@ -22,7 +22,9 @@ its 60-step horizon and exploded far beyond it):
   Adam-normalised gradient g/sqrt(v) and Adam-normalised momenta m_b/sqrt(v) at several timescales
   b (Wichrowska 2017, Lv 2017). No input depends on the absolute step count, whose values beyond the
   meta-training horizon would be out of distribution. (Adam's bias correction does depend on t, but it
-  tends to 1 and is the nominal optimizer's own.)
+  tends to 1 and is the nominal optimizer's own.) Optional: ``param_scale``, log|p| on the same scale as the
+  gradient's log-magnitude (Metz et al. 2020's parameter-value input), so the step can depend on the size of
+  the weight it moves; over a tensor (arch ``tensor``) its mean and mean square give the layer's scale.
 * Two output parameterisations:
   ``adam_correction`` (default; Harrison et al. 2022): a nominal Adam step times a bounded learned
   per-coordinate step-size factor, plus a bounded learned direct term,
@@ -41,7 +43,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-FEATURES = ("grad_logsign", "adam_grad", "momenta")
+FEATURES = ("grad_logsign", "adam_grad", "momenta", "param_scale")
+DEFAULT_FEATURES = FEATURES[:3]
 OUTPUTS = ("adam_correction", "direct")
 ARCHS = ("coordinate", "tensor")
 
@@ -52,7 +55,7 @@ class LSTMConfig:
     hidden: int = 8                    # units per layer (Andrychowicz: 20; 8 measured ~2x faster than 16 per step)
     layers: int = 1                    # stacked LSTM layers (Andrychowicz: 2)
     mlp_hidden: int = 8                # arch "tensor": hidden units of the per-coordinate MLP
-    features: list = field(default_factory=lambda: list(FEATURES))
+    features: list = field(default_factory=lambda: list(DEFAULT_FEATURES))
     momentum_betas: list = field(default_factory=lambda: [0.5, 0.9, 0.99])
     adam_beta1: float = 0.9            # must be one of momentum_betas: its momentum is Adam's m
     adam_beta2: float = 0.999
@@ -78,7 +81,7 @@ class LSTMConfig:
 
     @property
     def num_features(self) -> int:
-        sizes = {"grad_logsign": 2, "adam_grad": 1, "momenta": len(self.momentum_betas)}
+        sizes = {"grad_logsign": 2, "adam_grad": 1, "momenta": len(self.momentum_betas), "param_scale": 1}
         return sum(sizes[f] for f in self.features)
 
     def to_dict(self) -> dict:
@@ -171,11 +174,12 @@ class LSTMOptimizerNet(nn.Module):
             self.tensor_out_w = nn.Parameter(torch.randn(H, 2) * cfg.out_init_std)
 
     # -- features ---------------------------------------------------------------------------------
-    def feature_rows(self, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor
-                     ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def feature_rows(self, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor,
+                     p: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(F feature rows [n], Adam direction m_hat/(sqrt(v_hat)+eps) [n]) from the *updated* moments m [B, n],
-        v [n] and the `bias_corrections` c1, c2. Rows, not one [n, F] tensor: elementwise ops on strided columns
-        were measured several times slower on CPU, and the compiled step (metaopt.fused) fuses rows into one loop."""
+        v [n], the `bias_corrections` c1, c2 and (feature "param_scale" only) the parameter values p [n]. Rows,
+        not one [n, F] tensor: elementwise ops on strided columns were measured several times slower on CPU, and
+        the compiled step (metaopt.fused) fuses rows into one loop."""
         cfg = self.cfg
         m_hat = m / c1
         denom = (v / c2).sqrt() + cfg.eps
@@ -185,7 +189,9 @@ class LSTMOptimizerNet(nn.Module):
                 rows.extend(preprocess_grad(g, cfg.preprocess_p))
             elif name == "adam_grad":
                 rows.append((g / denom).clamp(-10, 10))
-            else:
+            elif name == "param_scale":  # log|p| on the gradient's log scale: how large the weight is
+                rows.append(p.abs().clamp_min(math.exp(-cfg.preprocess_p)).log() / cfg.preprocess_p)
+            else:  # momenta
                 rows.extend((m_hat / denom).clamp(-10, 10).unbind())
         return rows, m_hat[cfg.momentum_betas.index(cfg.adam_beta1)] / denom
 
@@ -223,14 +229,17 @@ class LSTMOptimizerNet(nn.Module):
 
     # -- one optimizer step over a flat vector -------------------------------------------------------
     def step(self, g: torch.Tensor, state: dict, lr: float | torch.Tensor, chunk_size: int | None = None,
-             penalty: bool = True) -> tuple[torch.Tensor, dict, torch.Tensor]:
+             penalty: bool = True, params: torch.Tensor | None = None) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """g [P] -> (update [P] to *add* to the parameters, new state, mean squared raw output (0 if not
-        `penalty`: the optimizer in use needs no correction penalty, only meta-training does)).
+        `penalty`: the optimizer in use needs no correction penalty, only meta-training does)). `params` [P], the
+        flat parameter values, is needed by the "param_scale" feature only.
 
         `chunk_size` coordinates at a time go through the per-coordinate network (None = all at once); the
         results are identical, only the peak memory of the [hidden, n] intermediates is bounded.
         """
         cfg = self.cfg
+        if params is None and "param_scale" in cfg.features:
+            raise ValueError('feature "param_scale" needs the parameter values: step(..., params=flat params)')
         t = state["t"] + 1
         c1, c2 = bias_corrections(cfg, t, g)
         # Moments as lerps (m + (1 - beta)(g - m)): one elementwise pass each instead of three.
@@ -244,7 +253,7 @@ class LSTMOptimizerNet(nn.Module):
             new["sizes"] = state["sizes"]
             # Per-tensor statistics need every coordinate's features first ([F, P], small next to a coordinate
             # LSTM's state); the tensor LSTM then steps once over the T tensors.
-            rows, adam_dir = self.feature_rows(g, m, v, c1, c2)
+            rows, adam_dir = self.feature_rows(g, m, v, c1, c2, params)
             x = torch.stack(rows)
             h_top, new["h"], new["c"] = self.cell(tensor_statistics(x, state["sizes"]).T, state["h"], state["c"])
             repeats = torch.tensor(state["sizes"], device=g.device)
@@ -255,7 +264,8 @@ class LSTMOptimizerNet(nn.Module):
             if cfg.arch == "tensor":
                 out, cols_dir = self.coordinate_outputs(x[:, cols], offset[:, cols]), adam_dir[cols]
             else:
-                rows, cols_dir = self.feature_rows(g[cols], m[:, cols], v[cols], c1, c2)
+                rows, cols_dir = self.feature_rows(g[cols], m[:, cols], v[cols], c1, c2,
+                                                   None if params is None else params[cols])
                 h_top, h, c = self.cell(torch.stack(rows), state["h"][:, cols], state["c"][:, cols])
                 out = torch.addmm(self.out_b[:, None], self.out_w.T, h_top)
                 hs.append(h)
@@ -269,8 +279,8 @@ class LSTMOptimizerNet(nn.Module):
         return -lr * cat(dirs), new, sq / (2 * max(P, 1))
 
 
-def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: list[dict], lr: float
-                   ) -> tuple[list[torch.Tensor], list[dict]]:
+def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: list[dict], lr: float,
+                   params: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], list[dict]]:
     """The slow, obviously-correct path: one parameter tensor at a time, torch.nn.LSTMCell per layer,
     torch.nn.Linear for the output layer and the MLP, plain means for the tensor statistics.
 
@@ -299,13 +309,14 @@ def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: lis
         cells.append(cell)
     out_layer = linear(net.out_w, net.out_b)
     updates, new_states = [], []
-    for g, st in zip(grads, states):
+    for k_tensor, (g, st) in enumerate(zip(grads, states)):
         g = g.reshape(-1)
+        p = None if params is None else params[k_tensor].reshape(-1)
         t = st["t"] + 1
         coordinate = cfg.arch == "coordinate"
         m = torch.stack([b * st["m"][k] + (1 - b) * g for k, b in enumerate(cfg.momentum_betas)])
         v = cfg.adam_beta2 * st["v"] + (1 - cfg.adam_beta2) * g * g
-        rows, adam_dir = net.feature_rows(g, m, v, *bias_corrections(cfg, t, g))
+        rows, adam_dir = net.feature_rows(g, m, v, *bias_corrections(cfg, t, g), p)
         x = torch.stack(rows, 1)  # [n, F]
         # The LSTM reads each coordinate's features, or this one tensor's feature means and mean squares.
         hs, cs, inp = [], [], x if coordinate else torch.cat([x.mean(0), (x * x).mean(0)])[None]

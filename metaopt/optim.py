@@ -71,8 +71,8 @@ class LSTMOptimizer(torch.optim.Optimizer):
     `lr` is the nominal (Adam) step size of the `adam_correction` output; None = the one it was meta-trained
     with. `compile` uses the torch.compile'd step (`metaopt.fused`); if compiling fails (e.g. no C++
     compiler) it warns once and keeps the eager step. Parameters whose `.grad` is None at a step are not
-    moved (their coordinates still see a zero gradient, as the flat state covers the whole group). The whole group's state lives, flat, in
-    `self.state[first param of the group]`, so the stock `state_dict`/`load_state_dict` save and restore
+    moved (their coordinates still see a zero gradient, as the flat state covers the whole group). The whole
+    group's state lives, flat, in `self.state[first param of the group]`, so the stock `state_dict`/`load_state_dict` save and restore
     it; the network weights are saved alongside under "lopt" so a checkpoint is self-contained.
     """
 
@@ -116,24 +116,26 @@ class LSTMOptimizer(torch.optim.Optimizer):
             if "t" not in state:
                 state.update(init_state(self.net.cfg, sizes, flat.device, flat.dtype), layout=STATE_LAYOUT)
                 self.net.to(device=flat.device, dtype=flat.dtype)
-            update = self._fused_update(index, flat, state, sizes, group["lr"]) if self.compile else None
+            values = torch.cat([p.reshape(-1) for p in params]) if "param_scale" in self.net.cfg.features else None
+            update = self._fused_update(index, flat, state, sizes, group["lr"], values) if self.compile else None
             if update is None:
-                update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size, penalty=False)
+                update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size, penalty=False, params=values)
                 state.update(new)
             moved = [(p, u.view_as(p)) for p, u, ok in zip(params, update.split(sizes), has_grad) if ok]
             torch._foreach_add_([p for p, _ in moved], [u for _, u in moved])
         return loss
 
-    def _fused_update(self, index: int, flat: torch.Tensor, state: dict, sizes: list[int], lr: float):
+    def _fused_update(self, index: int, flat: torch.Tensor, state: dict, sizes: list[int], lr: float,
+                      values: torch.Tensor | None):
         """The compiled step's update (state advanced in place), or None if compiling it failed."""
         if index in self.fused:
-            return self.fused[index](flat, state, lr)
+            return self.fused[index](flat, state, lr, values)
         self.fused[index] = FusedStep(self.net, sizes, flat.device)
         # The first call compiles, loop by loop: run it on a copy, so a failure halfway (one loop compiled and
         # run, the next not) leaves the real state untouched for the eager step.
         trial = {key: value.clone() if torch.is_tensor(value) else value for key, value in state.items()}
         try:
-            update = self.fused[index](flat, trial, lr)
+            update = self.fused[index](flat, trial, lr, values)
         except Exception as e:
             warnings.warn(f"LSTMOptimizer: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                           "using the eager step")

@@ -99,7 +99,8 @@ def unroll(net: LSTMOptimizerNet, ts: TaskState, K: int, lr: float, meta_loss: s
         net_params = [params[i] for i in net_idx]
         grads = torch.autograd.grad(loss * ts.loss_scale, net_params, create_graph=second_order, retain_graph=True)
         flat = torch.cat([g.reshape(-1) for g in grads])
-        update, state, sq = net.step(flat, state, lr, chunk_size, penalty=correction_penalty > 0)
+        values = torch.cat([p.reshape(-1) for p in net_params]) if "param_scale" in net.cfg.features else None
+        update, state, sq = net.step(flat, state, lr, chunk_size, penalty=correction_penalty > 0, params=values)
         penalty = penalty + sq
         new_params = list(params)
         for i, u in zip(net_idx, update.split([p.numel() for p in net_params])):

@@ -10,23 +10,30 @@ from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state
 RTOL, ATOL = 1e-5, 1e-7
 
 
-@pytest.mark.parametrize("arch,layers,output", [
-    ("coordinate", 1, "adam_correction"), ("coordinate", 2, "direct"),
-    ("tensor", 1, "adam_correction"), ("tensor", 2, "direct")])
-def test_fused_step_equals_eager_step(arch, layers, output):
+ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale"]
+
+
+@pytest.mark.parametrize("arch,layers,output,features", [
+    ("coordinate", 1, "adam_correction", None), ("coordinate", 2, "direct", None),
+    ("coordinate", 1, "adam_correction", ALL_FEATURES),
+    ("tensor", 1, "adam_correction", None), ("tensor", 2, "direct", None),
+    ("tensor", 1, "adam_correction", ALL_FEATURES)])
+def test_fused_step_equals_eager_step(arch, layers, output, features):
     sizes = [12, 5, 40, 1]
     for seed in (0, 1):  # a second network reuses the compiled loops: its weights must not be baked in
         torch.manual_seed(seed)
-        cfg = LSTMConfig(arch=arch, hidden=3, mlp_hidden=3, layers=layers, output=output, out_init_std=0.5)
+        cfg = LSTMConfig(arch=arch, hidden=3, mlp_hidden=3, layers=layers, output=output, out_init_std=0.5,
+                         **({"features": features} if features else {}))
         net = LSTMOptimizerNet(cfg).requires_grad_(False)
         fused, eager_state = FusedStep(net, sizes, torch.device("cpu")), init_state(cfg, sizes)
         fused_state = init_state(cfg, sizes)
         for step in range(4):  # carried state (momenta, h, c, t) and a changing lr are compared too
             g = torch.randn(sum(sizes)) * 10.0 ** (-step)
+            values = torch.randn(sum(sizes))  # read by "param_scale" only
             lr = 1e-2 / (step + 1)
             with torch.no_grad():
-                expected, eager_state, _ = net.step(g, eager_state, lr, penalty=False)
-            update = fused(g, fused_state, lr)
+                expected, eager_state, _ = net.step(g, eager_state, lr, penalty=False, params=values)
+            update = fused(g, fused_state, lr, values)
             torch.testing.assert_close(update, expected, rtol=RTOL, atol=ATOL * lr)
             assert fused_state["t"] == eager_state["t"] == step + 1
             for key in ("m", "v", "h", "c"):

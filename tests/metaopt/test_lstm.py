@@ -18,13 +18,19 @@ def test_preprocess_matches_andrychowicz():
     assert out[4].tolist() == [-1.0, 0.0]
 
 
-@pytest.mark.parametrize("arch,layers,output,chunk", [
-    ("coordinate", 1, "adam_correction", None), ("coordinate", 2, "adam_correction", 7), ("coordinate", 2, "direct", 5),
-    ("tensor", 1, "adam_correction", None), ("tensor", 2, "adam_correction", 7), ("tensor", 1, "direct", 5)])
-def test_fast_path_equals_reference(arch, layers, output, chunk):
+ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale"]
+
+
+@pytest.mark.parametrize("arch,layers,output,chunk,features", [
+    ("coordinate", 1, "adam_correction", None, None), ("coordinate", 2, "adam_correction", 7, None),
+    ("coordinate", 2, "direct", 5, None), ("coordinate", 1, "adam_correction", 7, ALL_FEATURES),
+    ("tensor", 1, "adam_correction", None, None), ("tensor", 2, "adam_correction", 7, None),
+    ("tensor", 1, "direct", 5, None), ("tensor", 1, "adam_correction", None, ALL_FEATURES)])
+def test_fast_path_equals_reference(arch, layers, output, chunk, features):
     """The flat, fused, chunked step == one tensor at a time through torch.nn modules, to rtol 1e-10 in float64."""
     torch.manual_seed(0)
-    cfg = LSTMConfig(arch=arch, hidden=6, layers=layers, output=output, out_init_std=0.5)
+    cfg = LSTMConfig(arch=arch, hidden=6, layers=layers, output=output, out_init_std=0.5,
+                     **({"features": features} if features else {}))
     net = LSTMOptimizerNet(cfg).double()
     shapes = [(3, 4), (5,), (2, 2, 2)]
     sizes = [math.prod(s) for s in shapes]
@@ -33,9 +39,11 @@ def test_fast_path_equals_reference(arch, layers, output, chunk):
     for _ in range(4):  # several steps, so the carried state (momenta, h, c, t) is compared too
         grads = [torch.randn(s, dtype=torch.float64) * 10 ** torch.randint(-6, 1, ()).item() for s in shapes]
         flat = torch.cat([g.reshape(-1) for g in grads])
+        values = [torch.randn(s, dtype=torch.float64) for s in shapes]  # read by "param_scale" only
         with torch.no_grad():
-            update, flat_state, _ = net.step(flat, flat_state, 1e-2, chunk_size=chunk)
-            ref_updates, ref_states = reference_step(net, grads, ref_states, 1e-2)
+            update, flat_state, _ = net.step(flat, flat_state, 1e-2, chunk_size=chunk,
+                                             params=torch.cat([v.reshape(-1) for v in values]))
+            ref_updates, ref_states = reference_step(net, grads, ref_states, 1e-2, values)
         assert torch.allclose(update, torch.cat(ref_updates), rtol=1e-10, atol=1e-14)
         for key in ("m", "v", "h", "c"):  # feature-major: tensors side by side along the last dim
             assert torch.allclose(flat_state[key], torch.cat([s[key] for s in ref_states], -1), rtol=1e-10, atol=1e-14)
@@ -70,3 +78,15 @@ def test_bad_config_rejected():
         LSTMConfig(output="sgd")
     with pytest.raises(ValueError):
         LSTMConfig(arch="layer")
+
+
+@pytest.mark.parametrize("arch", ["coordinate", "tensor"])
+def test_param_scale_feature_reads_the_parameter_values(arch):
+    cfg = LSTMConfig(arch=arch, hidden=4, out_init_std=0.5, features=ALL_FEATURES)
+    net = LSTMOptimizerNet(cfg)
+    g = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="param_scale"):
+        net.step(g, init_state(cfg, [50]), lr=1.0)
+    small, _, _ = net.step(g, init_state(cfg, [50]), lr=1.0, params=torch.full((50,), 1e-3))
+    large, _, _ = net.step(g, init_state(cfg, [50]), lr=1.0, params=torch.full((50,), 10.0))
+    assert not torch.allclose(small, large)  # same gradient, different weights: a different step

@@ -15,10 +15,11 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("arch", ["coordinate", "tensor"])
-def test_smoke_run_and_resume(tmp_path, arch):
+@pytest.mark.parametrize("arch,extra", [("coordinate", []), ("tensor", []),
+                                        ("tensor", ["--features", "grad_logsign,adam_grad,momenta,param_scale"])])
+def test_smoke_run_and_resume(tmp_path, arch, extra):
     run = tmp_path / "run"
-    main(TINY + ["--arch", arch, "--meta-steps", "4", "--run-dir", str(run)])
+    main(TINY + extra + ["--arch", arch, "--meta-steps", "4", "--run-dir", str(run)])
     for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "lopt.pt"):
         assert (run / name).is_file(), name
     rows = _rows(run)
@@ -30,7 +31,7 @@ def test_smoke_run_and_resume(tmp_path, arch):
     LSTMOptimizer(model.parameters(), lopt=run / "lopt.pt")  # the product loads as an optimizer
 
     before = torch.load(run / "checkpoint.pt", weights_only=False)["net"]
-    main(TINY + ["--arch", arch, "--meta-steps", "7", "--run-dir", str(run), "--resume"])
+    main(TINY + extra + ["--arch", arch, "--meta-steps", "7", "--run-dir", str(run), "--resume"])
     after = torch.load(run / "checkpoint.pt", weights_only=False)
     assert after["meta_step"] == 7
     assert any(not torch.equal(before[k], after["net"][k]) for k in before)

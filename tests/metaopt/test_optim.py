@@ -36,11 +36,13 @@ def _train(model, opt, steps, start=0):
     return losses
 
 
-@pytest.fixture(params=["coordinate", "tensor"])
+@pytest.fixture(params=["coordinate", "tensor", "tensor+param_scale"])
 def lopt_file(tmp_path, request):
     torch.manual_seed(1)
     path = tmp_path / "lopt.pt"
-    save_lopt(LSTMOptimizerNet(LSTMConfig(arch=request.param, hidden=4)), path, lr=1e-2)
+    arch, _, extra = request.param.partition("+")
+    features = ["grad_logsign", "adam_grad", "momenta"] + ([extra] if extra else [])
+    save_lopt(LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=4, features=features)), path, lr=1e-2)
     return path
 
 

@@ -51,11 +51,13 @@ def test_meta_gradient_reaches_every_lstm_weight_through_a_codec_unroll(arch):
     assert all(moved)
 
 
-@pytest.mark.parametrize("arch", ["coordinate", "tensor"])
-def test_meta_gradient_matches_finite_differences(arch):
+@pytest.mark.parametrize("arch,features", [("coordinate", None), ("tensor", None),
+                                           ("tensor", ["grad_logsign", "adam_grad", "momenta", "param_scale"])])
+def test_meta_gradient_matches_finite_differences(arch, features):
     torch.manual_seed(0)
     task = RegressionFamily(dim=3, hidden=2, batch_size=8, dtype=torch.float64).sample(0, "train")
-    net = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=3, out_init_std=0.3)).double()
+    net = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=3, out_init_std=0.3,
+                                      **({"features": features} if features else {}))).double()
     ts = start_task(task, net, horizon=100)
     _, ts, _ = unroll(net, ts, K=2, lr=0.05)  # start mid-run, with non-trivial carried state
 
