@@ -72,9 +72,9 @@ class LSTMOptimizer(torch.optim.Optimizer):
     with. `compile` uses the torch.compile'd step (`metaopt.fused`); if compiling fails (e.g. no C++
     compiler) it warns once and keeps the eager step. Parameters whose `.grad` is None at a step are not
     moved (their coordinates still see a zero gradient, as the flat state covers the whole group). The whole
-    group's state lives, flat, in `self.state[first param of the group]`, so the stock `state_dict`/`load_state_dict` save and restore
-    it; the network weights are saved alongside under "lopt" so a checkpoint is self-contained.
-    """
+    group's state lives, flat, in `self.state[first param of the group]`, so the stock `state_dict` /
+    `load_state_dict` save and restore it; the network weights are saved alongside under "lopt" so a checkpoint
+    is self-contained."""
 
     def __init__(self, params, lopt=None, lr: float | None = None, chunk_size: int | None = 2**20,
                  compile: bool = False):
