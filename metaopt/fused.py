@@ -39,6 +39,8 @@ class FusedStep:
     with `state` (an `init_state` dict) advanced *in place*. One instance per network and parameter layout."""
 
     def __init__(self, net: LSTMOptimizerNet, sizes: list[int], device: torch.device):
+        if net.cfg.odd:
+            raise ValueError("FusedStep does not implement odd outputs (LSTMConfig.odd); use the eager step")
         self.net, self.cfg = net, net.cfg
         one_minus = [1 - b for b in self.cfg.momentum_betas]
         self.one_minus = torch.tensor(one_minus, device=device)[:, None]

@@ -65,6 +65,7 @@ class LSTMConfig:
     alpha: float = 1.0                 # max log step-size correction: factor in [e^-alpha, e^alpha]
     beta: float = 0.1                  # max direct term, in units of lr
     out_init_std: float = 0.01         # small output layer: starts as (almost) Adam, yet every weight has a gradient
+    odd: bool = False                  # update odd in the gradient history: u(-g) = -u(g), so it cannot drift
 
     def __post_init__(self):
         unknown = [f for f in self.features if f not in FEATURES]
@@ -102,10 +103,11 @@ def init_state(cfg: LSTMConfig, sizes: list[int], device=None, dtype=torch.float
     """State over the flat concatenation of tensors of these sizes, every entry feature-major (each
     per-coordinate quantity one contiguous row): momenta m [B, P], second moment v [P], step t, and the
     LSTM's h, c: [L*H, P] per coordinate, or [L*H, T] per tensor plus the tensors' `sizes` (a list of ints,
-    not a tensor: torch.optim's load_state_dict would cast a tensor to the parameters' dtype)."""
+    not a tensor: torch.optim's load_state_dict would cast a tensor to the parameters' dtype); twice the
+    columns if `cfg.odd` (the LSTM also runs on the sign-flipped history)."""
     P, B = sum(sizes), len(cfg.momentum_betas)
     zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
-    cols = P if cfg.arch == "coordinate" else len(sizes)
+    cols = (P if cfg.arch == "coordinate" else len(sizes)) * (2 if cfg.odd else 1)  # odd: [as seen | mirrored]
     state = {"m": zeros(B, P), "v": zeros(P), "h": zeros(cfg.layers * cfg.hidden, cols),
              "c": zeros(cfg.layers * cfg.hidden, cols), "t": 0}
     if cfg.arch == "tensor":
@@ -222,6 +224,12 @@ class LSTMOptimizerNet(nn.Module):
         """Sum of squares of what the correction penalty sees: the bounded outputs, or a direct output."""
         return (out if self.cfg.output == "direct" else torch.tanh(out)).pow(2).sum()
 
+    def fold_mirrored(self, seen: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+        """`odd`: raw outputs [2, n] on the gradient history as seen and sign-flipped -> outputs that make the update
+        odd in the gradient: the step-size row even (it multiplies the odd Adam direction), the direct row odd."""
+        even, odd = (seen + mirrored) / 2, (seen - mirrored) / 2
+        return odd if self.cfg.output == "direct" else torch.stack([even[0], odd[1]])
+
     def coordinate_outputs(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """arch "tensor": the per-coordinate MLP, x [F, n] -> raw outputs [2, n], plus the tensor offsets [2, n]."""
         hidden = torch.addmm(self.mlp_b[:, None], self.mlp_w.T, x).relu_()  # in place: addmm's backward needs no output
@@ -249,33 +257,47 @@ class LSTMOptimizerNet(nn.Module):
         new = {"m": m, "v": v, "t": t}
         P = g.shape[0]
         n = P if not chunk_size or chunk_size >= P else chunk_size
+        # `odd`: the network also reads the sign-flipped history (-g, -m: exactly the odd features negated),
+        # with its own LSTM state, and `fold_mirrored` combines the two.
+        signs = (1, -1) if cfg.odd else (1,)
+        flip = lambda sign, *xs: xs if sign == 1 else tuple(-x for x in xs)  # noqa: E731
         if cfg.arch == "tensor":
             new["sizes"] = state["sizes"]
+            T = len(state["sizes"])
             # Per-tensor statistics need every coordinate's features first ([F, P], small next to a coordinate
-            # LSTM's state); the tensor LSTM then steps once over the T tensors.
-            rows, adam_dir = self.feature_rows(g, m, v, c1, c2, params)
-            x = torch.stack(rows)
-            h_top, new["h"], new["c"] = self.cell(tensor_statistics(x, state["sizes"]).T, state["h"], state["c"])
+            # LSTM's state); the tensor LSTM then steps once over the T tensors (2T if odd).
+            feats = [self.feature_rows(*flip(sign, g, m), v, c1, c2, params) for sign in signs]
+            xs, adam_dir = [torch.stack(rows) for rows, _ in feats], feats[0][1]
+            stats = torch.cat([tensor_statistics(x, state["sizes"]) for x in xs])
+            h_top, new["h"], new["c"] = self.cell(stats.T, state["h"], state["c"])
             repeats = torch.tensor(state["sizes"], device=g.device)
-            offset = (self.tensor_out_w.T @ h_top).repeat_interleave(repeats, dim=1, output_size=P)
-        dirs, hs, cs, sq = [], [], [], g.new_zeros(())
+            offsets = [(self.tensor_out_w.T @ h_top[:, k * T:(k + 1) * T]).repeat_interleave(repeats, dim=1,
+                                                                                             output_size=P)
+                       for k in range(len(signs))]
+        dirs, hs, cs, sq = [], [[] for _ in signs], [[] for _ in signs], g.new_zeros(())
         for start in range(0, P, n):
             cols = slice(start, start + n)
-            if cfg.arch == "tensor":
-                out, cols_dir = self.coordinate_outputs(x[:, cols], offset[:, cols]), adam_dir[cols]
-            else:
-                rows, cols_dir = self.feature_rows(g[cols], m[:, cols], v[cols], c1, c2,
-                                                   None if params is None else params[cols])
-                h_top, h, c = self.cell(torch.stack(rows), state["h"][:, cols], state["c"][:, cols])
-                out = torch.addmm(self.out_b[:, None], self.out_w.T, h_top)
-                hs.append(h)
-                cs.append(c)
+            outs = []
+            for k, sign in enumerate(signs):
+                if cfg.arch == "tensor":
+                    outs.append(self.coordinate_outputs(xs[k][:, cols], offsets[k][:, cols]))
+                    cols_dir = adam_dir[cols]
+                    continue
+                rows, d = self.feature_rows(*flip(sign, g[cols], m[:, cols]), v[cols], c1, c2,
+                                            None if params is None else params[cols])
+                cols_dir = d if k == 0 else cols_dir
+                mine = slice(k * P + start, k * P + min(start + n, P))
+                h_top, h, c = self.cell(torch.stack(rows), state["h"][:, mine], state["c"][:, mine])
+                outs.append(torch.addmm(self.out_b[:, None], self.out_w.T, h_top))
+                hs[k].append(h)
+                cs[k].append(c)
+            out = self.fold_mirrored(*outs) if cfg.odd else outs[0]
             dirs.append(self.head(out[0], out[1], cols_dir))
             if penalty:
                 sq = sq + self.penalty(out)
-        cat = (lambda xs: xs[0]) if len(dirs) == 1 else (lambda xs: torch.cat(xs, -1))  # noqa: E731
+        cat = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts, -1)  # noqa: E731
         if cfg.arch == "coordinate":
-            new["h"], new["c"] = cat(hs), cat(cs)
+            new["h"], new["c"] = cat([cat(h) for h in hs]), cat([cat(c) for c in cs])
         return -lr * cat(dirs), new, sq / (2 * max(P, 1))
 
 
@@ -316,21 +338,35 @@ def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: lis
         coordinate = cfg.arch == "coordinate"
         m = torch.stack([b * st["m"][k] + (1 - b) * g for k, b in enumerate(cfg.momentum_betas)])
         v = cfg.adam_beta2 * st["v"] + (1 - cfg.adam_beta2) * g * g
-        rows, adam_dir = net.feature_rows(g, m, v, *bias_corrections(cfg, t, g), p)
-        x = torch.stack(rows, 1)  # [n, F]
-        # The LSTM reads each coordinate's features, or this one tensor's feature means and mean squares.
-        hs, cs, inp = [], [], x if coordinate else torch.cat([x.mean(0), (x * x).mean(0)])[None]
-        for layer, cell in enumerate(cells):  # nn.LSTMCell is row-major: [n, H]
-            rows_l = slice(layer * H, (layer + 1) * H)
-            h, c = cell(inp, (st["h"][rows_l].T, st["c"][rows_l].T))
-            hs.append(h.T)
-            cs.append(c.T)
-            inp = h
-        if coordinate:
-            out = out_layer(inp)
+        width = g.numel() if coordinate else 1  # LSTM state columns per history (two histories if odd)
+        outs, hs, cs = [], [], []
+        for k, sign in enumerate((1, -1) if cfg.odd else (1,)):  # odd: the sign-flipped history too
+            rows, d = net.feature_rows(sign * g, sign * m, v, *bias_corrections(cfg, t, g), p)
+            adam_dir = d if k == 0 else adam_dir
+            x = torch.stack(rows, 1)  # [n, F]
+            # The LSTM reads each coordinate's features, or this one tensor's feature means and mean squares.
+            inp = x if coordinate else torch.cat([x.mean(0), (x * x).mean(0)])[None]
+            mine = slice(k * width, (k + 1) * width)
+            for layer, cell in enumerate(cells):  # nn.LSTMCell is row-major: [n, H]
+                rows_l = slice(layer * H, (layer + 1) * H)
+                h, c = cell(inp, (st["h"][rows_l, mine].T, st["c"][rows_l, mine].T))
+                hs.append((layer, k, h.T))
+                cs.append((layer, k, c.T))
+                inp = h
+            if coordinate:
+                outs.append(out_layer(inp))
+            else:
+                mlp = linear(net.mlp_w, net.mlp_b)
+                outs.append(out_layer(torch.relu(mlp(x))) + linear(net.tensor_out_w, None)(inp))
+        if cfg.odd:  # written out, not via fold_mirrored: the step-size output even, the direct one(s) odd
+            seen, mirrored = outs
+            odd = (seen - mirrored) / 2
+            out = odd if cfg.output == "direct" else torch.stack([(seen + mirrored)[:, 0] / 2, odd[:, 1]], 1)
         else:
-            mlp = linear(net.mlp_w, net.mlp_b)
-            out = out_layer(torch.relu(mlp(x))) + linear(net.tensor_out_w, None)(inp)
+            out = outs[0]
         updates.append(-lr * net.head(out[:, 0], out[:, 1], adam_dir))
-        new_states.append({**st, "m": m, "v": v, "h": torch.cat(hs), "c": torch.cat(cs), "t": t})
+        # state rows: layer by layer; columns: the history as seen, then the mirrored one
+        stack = lambda parts: torch.cat([torch.cat([z for l_, k_, z in parts if l_ == layer], 1)  # noqa: E731
+                                         for layer in range(cfg.layers)])
+        new_states.append({**st, "m": m, "v": v, "h": stack(hs), "c": stack(cs), "t": t})
     return updates, new_states

@@ -53,7 +53,7 @@ def lstm_config(cfg: dict) -> LSTMConfig:
         return LSTMConfig(arch=cfg["arch"], hidden=cfg["hidden"], layers=cfg["layers"], mlp_hidden=cfg["mlp_hidden"],
                           features=list(cfg["features"]),
                           momentum_betas=[float(b) for b in cfg["momentum_betas"]], output=cfg["output"],
-                          alpha=cfg["alpha"], beta=cfg["beta"])
+                          alpha=cfg["alpha"], beta=cfg["beta"], odd=cfg["odd"])
     except ValueError as e:
         raise UserError(f"bad learned-optimizer config: {e}") from None
 

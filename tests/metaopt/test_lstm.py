@@ -21,15 +21,17 @@ def test_preprocess_matches_andrychowicz():
 ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale"]
 
 
-@pytest.mark.parametrize("arch,layers,output,chunk,features", [
-    ("coordinate", 1, "adam_correction", None, None), ("coordinate", 2, "adam_correction", 7, None),
-    ("coordinate", 2, "direct", 5, None), ("coordinate", 1, "adam_correction", 7, ALL_FEATURES),
-    ("tensor", 1, "adam_correction", None, None), ("tensor", 2, "adam_correction", 7, None),
-    ("tensor", 1, "direct", 5, None), ("tensor", 1, "adam_correction", None, ALL_FEATURES)])
-def test_fast_path_equals_reference(arch, layers, output, chunk, features):
+@pytest.mark.parametrize("arch,layers,output,chunk,features,odd", [
+    ("coordinate", 1, "adam_correction", None, None, False), ("coordinate", 2, "adam_correction", 7, None, False),
+    ("coordinate", 2, "direct", 5, None, False), ("coordinate", 1, "adam_correction", 7, ALL_FEATURES, False),
+    ("coordinate", 2, "adam_correction", 7, None, True), ("coordinate", 1, "direct", None, None, True),
+    ("tensor", 1, "adam_correction", None, None, False), ("tensor", 2, "adam_correction", 7, None, False),
+    ("tensor", 1, "direct", 5, None, False), ("tensor", 1, "adam_correction", None, ALL_FEATURES, False),
+    ("tensor", 2, "adam_correction", 7, None, True), ("tensor", 1, "direct", 5, None, True)])
+def test_fast_path_equals_reference(arch, layers, output, chunk, features, odd):
     """The flat, fused, chunked step == one tensor at a time through torch.nn modules, to rtol 1e-10 in float64."""
     torch.manual_seed(0)
-    cfg = LSTMConfig(arch=arch, hidden=6, layers=layers, output=output, out_init_std=0.5,
+    cfg = LSTMConfig(arch=arch, hidden=6, layers=layers, output=output, out_init_std=0.5, odd=odd,
                      **({"features": features} if features else {}))
     net = LSTMOptimizerNet(cfg).double()
     shapes = [(3, 4), (5,), (2, 2, 2)]
@@ -46,7 +48,10 @@ def test_fast_path_equals_reference(arch, layers, output, chunk, features):
             ref_updates, ref_states = reference_step(net, grads, ref_states, 1e-2, values)
         assert torch.allclose(update, torch.cat(ref_updates), rtol=1e-10, atol=1e-14)
         for key in ("m", "v", "h", "c"):  # feature-major: tensors side by side along the last dim
-            assert torch.allclose(flat_state[key], torch.cat([s[key] for s in ref_states], -1), rtol=1e-10, atol=1e-14)
+            histories = 2 if odd and key in ("h", "c") else 1  # odd: [all tensors as seen | all mirrored]
+            expected = torch.cat([part for k in range(histories) for s in ref_states
+                                  for part in [s[key].chunk(histories, -1)[k]]], -1)
+            assert torch.allclose(flat_state[key], expected, rtol=1e-10, atol=1e-14)
     assert update.abs().max() > 0
 
 
@@ -90,3 +95,25 @@ def test_param_scale_feature_reads_the_parameter_values(arch):
     small, _, _ = net.step(g, init_state(cfg, [50]), lr=1.0, params=torch.full((50,), 1e-3))
     large, _, _ = net.step(g, init_state(cfg, [50]), lr=1.0, params=torch.full((50,), 10.0))
     assert not torch.allclose(small, large)  # same gradient, different weights: a different step
+
+
+@pytest.mark.parametrize("arch,output", [("coordinate", "direct"), ("coordinate", "adam_correction"),
+                                         ("tensor", "direct"), ("tensor", "adam_correction")])
+def test_odd_update_flips_with_the_gradient_history(arch, output):
+    """odd: a sign-flipped gradient history gives exactly the negated updates (so no constant drift), which the
+    plain network does not."""
+    torch.manual_seed(0)
+    grads = [torch.randn(30, dtype=torch.float64) for _ in range(5)]
+    for odd in (True, False):
+        cfg = LSTMConfig(arch=arch, hidden=4, output=output, out_init_std=0.5, odd=odd)
+        net = LSTMOptimizerNet(cfg).double()
+        with torch.no_grad():
+            net.out_b.fill_(0.3)  # a constant output: what a learned drift looks like
+        seen, mirrored = init_state(cfg, [30], dtype=torch.float64), init_state(cfg, [30], dtype=torch.float64)
+        gaps = []
+        for g in grads:
+            with torch.no_grad():
+                u, seen, _ = net.step(g, seen, 1e-2)
+                u_neg, mirrored, _ = net.step(-g, mirrored, 1e-2)
+            gaps.append((u + u_neg).abs().max().item())
+        assert (max(gaps) < 1e-15) == odd, (odd, gaps)

@@ -16,7 +16,8 @@ def _rows(run_dir):
 
 
 @pytest.mark.parametrize("arch,extra", [("coordinate", []), ("tensor", []),
-                                        ("tensor", ["--features", "grad_logsign,adam_grad,momenta,param_scale"])])
+                                        ("tensor", ["--features", "grad_logsign,adam_grad,momenta,param_scale"]),
+                                        ("coordinate", ["--odd"])])
 def test_smoke_run_and_resume(tmp_path, arch, extra):
     run = tmp_path / "run"
     main(TINY + extra + ["--arch", arch, "--meta-steps", "4", "--run-dir", str(run)])

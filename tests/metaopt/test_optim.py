@@ -92,6 +92,17 @@ def test_compiled_step_trains_like_the_eager_one(lopt_file):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_odd_optimizer_trains_with_the_eager_step_when_compile_is_asked(tmp_path):
+    path = tmp_path / "odd.pt"
+    save_lopt(LSTMOptimizerNet(LSTMConfig(arch="tensor", hidden=4, odd=True)), path, lr=1e-2)
+    model = _model()
+    with pytest.warns(UserWarning, match="odd outputs"):
+        opt = LSTMOptimizer(model.parameters(), lopt=path, compile=True)
+    assert not opt.compile
+    losses = _train(model, opt, 150)
+    assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:10]) / 10
+
+
 def test_a_failed_compile_falls_back_to_the_eager_step_with_the_state_untouched(lopt_file, monkeypatch):
     import metaopt.fused
 
