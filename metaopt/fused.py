@@ -114,5 +114,6 @@ class FusedStep:
         # [F, P] to memory in the statistics loop and reading it back here.
         rows, adam_dir = net.feature_rows(g, m, v, c1, c2, params)
         hidden = [torch.relu(x) for x in linear_rows(rows, net.mlp_w, net.mlp_b)]
-        raw_step, raw_direct = (y + offset[k][tensor_of] for k, y in enumerate(linear_rows(hidden, net.out_w, net.out_b)))
+        raw = linear_rows(hidden, net.out_w, net.out_b)
+        raw_step, raw_direct = (y + offset[k][tensor_of] for k, y in enumerate(raw))
         return -lr * net.head(raw_step, raw_direct, adam_dir)

@@ -198,7 +198,8 @@ class LSTMOptimizerNet(nn.Module):
         return rows, m_hat[cfg.momentum_betas.index(cfg.adam_beta1)] / denom
 
     # -- the fused cell ------------------------------------------------------------------------------
-    def cell(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def cell(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stacked LSTM over columns, feature-major: x [I, n], h/c [L*H, n] -> (top h [H, n], new h, new c).
         One [4H, I+H] x [I+H, n] matmul per layer; its gates are contiguous row blocks."""
         H = self.cfg.hidden
