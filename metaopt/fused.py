@@ -39,8 +39,8 @@ class FusedStep:
     with `state` (an `init_state` dict) advanced *in place*. One instance per network and parameter layout."""
 
     def __init__(self, net: LSTMOptimizerNet, sizes: list[int], device: torch.device):
-        if net.cfg.odd:
-            raise ValueError("FusedStep does not implement odd outputs (LSTMConfig.odd); use the eager step")
+        if net.cfg.odd and net.cfg.arch != "coordinate":
+            raise ValueError("FusedStep implements odd outputs (LSTMConfig.odd) for arch coordinate only")
         self.net, self.cfg = net, net.cfg
         one_minus = [1 - b for b in self.cfg.momentum_betas]
         self.one_minus = torch.tensor(one_minus, device=device)[:, None]
@@ -80,9 +80,9 @@ class FusedStep:
         v.lerp_(g * g, 1 - self.cfg.adam_beta2)
         return self.net.feature_rows(g, m, v, c1, c2, params)
 
-    def _coordinate_loop(self, g, m, v, h, c, one_minus, c1, c2, lr, params):
+    def _lstm_rows(self, inp, h, c):
+        """The coordinate LSTM on feature rows, its state h, c [L*H, n] advanced in place -> raw output rows."""
         net, H = self.net, self.cfg.hidden
-        inp, adam_dir = self._moments_and_features(g, m, v, one_minus, c1, c2, params)
         hs, cs = [], []
         for layer in range(self.cfg.layers):
             gates = linear_rows(inp + [h[layer * H + j] for j in range(H)], net.w[layer], net.b[layer])
@@ -95,7 +95,18 @@ class FusedStep:
             hs.extend(inp)
         h.copy_(torch.stack(hs))
         c.copy_(torch.stack(cs))
-        raw_step, raw_direct = linear_rows(inp, net.out_w, net.out_b)
+        return linear_rows(inp, net.out_w, net.out_b)
+
+    def _coordinate_loop(self, g, m, v, h, c, one_minus, c1, c2, lr, params):
+        net = self.net
+        inp, adam_dir = self._moments_and_features(g, m, v, one_minus, c1, c2, params)
+        if not self.cfg.odd:
+            raw_step, raw_direct = self._lstm_rows(inp, h, c)
+        else:  # the sign-flipped history too, in the second half of the state columns (LSTMOptimizerNet.step)
+            P = g.shape[0]
+            seen = self._lstm_rows(inp, h[:, :P], c[:, :P])
+            mirrored = self._lstm_rows(net.feature_rows(-g, -m, v, c1, c2, params)[0], h[:, P:], c[:, P:])
+            raw_step, raw_direct = net.fold_mirrored(torch.stack(seen), torch.stack(mirrored))
         return -lr * net.head(raw_step, raw_direct, adam_dir)
 
     def _statistics_loop(self, g, m, v, one_minus, c1, c2, params):

@@ -13,16 +13,17 @@ RTOL, ATOL = 1e-5, 1e-7
 ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale"]
 
 
-@pytest.mark.parametrize("arch,layers,output,features", [
-    ("coordinate", 1, "adam_correction", None), ("coordinate", 2, "direct", None),
-    ("coordinate", 1, "adam_correction", ALL_FEATURES),
-    ("tensor", 1, "adam_correction", None), ("tensor", 2, "direct", None),
-    ("tensor", 1, "adam_correction", ALL_FEATURES)])
-def test_fused_step_equals_eager_step(arch, layers, output, features):
+@pytest.mark.parametrize("arch,layers,output,features,odd", [
+    ("coordinate", 1, "adam_correction", None, False), ("coordinate", 2, "direct", None, False),
+    ("coordinate", 1, "adam_correction", ALL_FEATURES, False), ("coordinate", 2, "direct", None, True),
+    ("coordinate", 1, "adam_correction", None, True),
+    ("tensor", 1, "adam_correction", None, False), ("tensor", 2, "direct", None, False),
+    ("tensor", 1, "adam_correction", ALL_FEATURES, False)])
+def test_fused_step_equals_eager_step(arch, layers, output, features, odd):
     sizes = [12, 5, 40, 1]
     for seed in (0, 1):  # a second network reuses the compiled loops: its weights must not be baked in
         torch.manual_seed(seed)
-        cfg = LSTMConfig(arch=arch, hidden=3, mlp_hidden=3, layers=layers, output=output, out_init_std=0.5,
+        cfg = LSTMConfig(arch=arch, hidden=3, mlp_hidden=3, layers=layers, output=output, out_init_std=0.5, odd=odd,
                          **({"features": features} if features else {}))
         net = LSTMOptimizerNet(cfg).requires_grad_(False)
         fused, eager_state = FusedStep(net, sizes, torch.device("cpu")), init_state(cfg, sizes)
