@@ -63,7 +63,8 @@ def plot_rd(curves: Sequence[dict], path: str | Path) -> None:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=curve["name"])
         ax.set(xlabel="bits per pixel", ylabel=label, title=f"{label.split(' [')[0]} vs rate")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a metric no curve has (e.g. MS-SSIM of tiny images): no legend
+            ax.legend(fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     bitstream.atomic_write(path, buffer.getvalue())
