@@ -34,6 +34,11 @@ its 60-step horizon and exploded far beyond it):
   ``direct`` (Andrychowicz 2016): update = -lr * out. Measured (README "Ablation"): 0.45x tuned Adam's steps
   to its final loss at 10x the meta-training horizon, then overflow at 11-20x in both longer runs: the
   failure mode above, postponed rather than removed by the stationary inputs.
+* ``odd`` (either output): the network also runs on the sign-flipped gradient history (-g, -m: exactly the odd
+  features negated), with its own LSTM state; of the direct output only the part that flips with the gradient
+  is kept, of the step-size output the part that does not (it multiplies the odd Adam direction): u(-g) = -u(g). Why: without it, meta-training found a constant
+  drift (every coordinate of a tensor moved the same way, whatever its gradient) that pays within the horizon
+  and grows linearly with the steps (README "Ablation" (7), experiments/drift.py). Costs a second LSTM pass.
 """
 from __future__ import annotations
 
