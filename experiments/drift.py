@@ -22,6 +22,7 @@ from codec.data import CropBatches, list_images  # noqa: E402
 from codec.losses import RateDistortionLoss  # noqa: E402
 from codec.models import build_model, split_parameters  # noqa: E402
 from metaopt.checkpoint import seed_everything  # noqa: E402
+from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.optim import LSTMOptimizer  # noqa: E402
 
 
@@ -32,7 +33,10 @@ def shifts(spec: str, steps: int) -> dict[str, tuple[float, float, int]]:
     net, aux = split_parameters(model)
     names = {id(p): n for n, p in model.named_parameters()}
     if spec.startswith("adam:"):
-        opt = torch.optim.Adam(net, lr=float(spec[5:]))
+        try:
+            opt = torch.optim.Adam(net, lr=float(spec[5:]))
+        except ValueError:
+            raise UserError(f"adam:LR needs a positive number, got {spec!r}") from None
     else:
         opt = LSTMOptimizer(net, lopt=spec)
     aux_opt = torch.optim.Adam(aux, lr=1e-3)
@@ -52,12 +56,13 @@ def shifts(spec: str, steps: int) -> dict[str, tuple[float, float, int]]:
             for p, p0 in zip(net, init)}
 
 
-def main() -> None:
+@cli_entry
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("optimizers", nargs="+", help="adam:LR or a lopt.pt path")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--unit-lr", type=float, default=5e-4, help="drift is printed in units of this lr per step")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     for spec in args.optimizers:
         result = shifts(spec, args.steps)
