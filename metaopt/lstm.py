@@ -283,20 +283,19 @@ class LSTMOptimizerNet(nn.Module):
         dirs, hs, cs, sq = [], [[] for _ in signs], [[] for _ in signs], g.new_zeros(())
         for start in range(0, P, n):
             cols = slice(start, start + n)
-            outs = []
+            outs, cols_dir = [], adam_dir[cols] if cfg.arch == "tensor" else None
             for k, sign in enumerate(signs):
                 if cfg.arch == "tensor":
                     outs.append(self.coordinate_outputs(xs[k][:, cols], offsets[k][:, cols]))
-                    cols_dir = adam_dir[cols]
-                    continue
-                rows, d = self.feature_rows(*flip(sign, g[cols], m[:, cols]), v[cols], c1, c2,
-                                            None if params is None else params[cols])
-                cols_dir = d if k == 0 else cols_dir
-                mine = slice(k * P + start, k * P + min(start + n, P))
-                h_top, h, c = self.cell(torch.stack(rows), state["h"][:, mine], state["c"][:, mine])
-                outs.append(torch.addmm(self.out_b[:, None], self.out_w.T, h_top))
-                hs[k].append(h)
-                cs[k].append(c)
+                else:
+                    rows, d = self.feature_rows(*flip(sign, g[cols], m[:, cols]), v[cols], c1, c2,
+                                                None if params is None else params[cols])
+                    cols_dir = d if cols_dir is None else cols_dir  # the Adam direction of the history as seen
+                    mine = slice(k * P + start, k * P + min(start + n, P))
+                    h_top, h, c = self.cell(torch.stack(rows), state["h"][:, mine], state["c"][:, mine])
+                    outs.append(torch.addmm(self.out_b[:, None], self.out_w.T, h_top))
+                    hs[k].append(h)
+                    cs[k].append(c)
             out = self.fold_mirrored(*outs) if cfg.odd else outs[0]
             dirs.append(self.head(out[0], out[1], cols_dir))
             if penalty:
