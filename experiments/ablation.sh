@@ -31,6 +31,7 @@ declare -A VARIANTS=(
   [tensor-direct]="--arch tensor --output direct"
   [tensor-param-scale]="--arch tensor --features grad_logsign,adam_grad,momenta,param_scale"
   [tensor-beta1-odd]="--arch tensor --beta 1.0 --odd"  # tensor-beta1 without its drift (README "Ablation" (7))
+  [direct-output-odd-trained]="--arch coordinate --output direct --odd"  # meta-trained odd, not made odd after
 )
 ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor tensor-alpha0.5"}
 FIRST=${FIRST:-coordinate}  # the variant whose compare holds the tuned-Adam runs

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from metaopt import compare
+from metaopt.config import parse_config
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
 from metaopt.optim import save_lopt
 from metaopt.tracking import read_metrics
@@ -110,6 +111,12 @@ def test_bad_input_fails_before_any_run(tmp_path, capsys, args, message):
         compare.main(["--run-dir", str(out), *args])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (out / "tune").exists() and not (out / "runs").exists()
+
+
+def test_codec_settings_reach_every_run(lopt_file):
+    cfg = parse_config(["--lopt", str(lopt_file), "--lopt-compile", "--spike-guard", "10"], "compare/default.yaml", "")
+    lstm_run = compare.codec_config(cfg, optimizer="lstm", lr=None, seed=0)
+    assert lstm_run["lopt_compile"] is True and lstm_run["spike_guard"] == 10.0 and lstm_run["lopt"] == str(lopt_file)
 
 
 def test_seed_parsing():
