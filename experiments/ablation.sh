@@ -16,22 +16,23 @@ SEEDS=${SEEDS:-5}
 OUT=${OUT:-runs/ablation}
 META_OUT=${META_OUT:-$OUT}
 
-# The bounded adam_correction output, all features and loss scaling are the defaults; every variant names
-# its arch, so the table keeps its meaning whichever arch is the default.
+# Every variant names its arch and output, so the table keeps its meaning whichever is the default
+# (configs/meta/default.yaml); all features and loss scaling are the defaults.
+B="--output adam_correction --no-odd"  # the bounded output (the default before the odd direct output)
 declare -A VARIANTS=(
-  [coordinate]="--arch coordinate"
-  [direct-output]="--arch coordinate --output direct"
-  [no-momenta]="--arch coordinate --features grad_logsign,adam_grad"
-  [no-loss-scaling]="--arch coordinate --loss-scale 1"
-  [tensor]="--arch tensor"
-  [tensor-alpha0.5]="--arch tensor --alpha 0.5"
-  [tensor-h300]="--arch tensor --horizon-max 300 --val-steps 900"  # README: stopped at meta-step 500, not in ORDER
-  [tensor-beta1]="--arch tensor --beta 1.0"  # the bounded direct term as large as the nominal step
-  [tensor-unroll20]="--arch tensor --unroll 20 --meta-steps 400 --curriculum-steps 200"  # less greedy truncations
-  [tensor-direct]="--arch tensor --output direct"
-  [tensor-param-scale]="--arch tensor --features grad_logsign,adam_grad,momenta,param_scale"
-  [tensor-beta1-odd]="--arch tensor --beta 1.0 --odd"  # tensor-beta1 without its drift (README "Ablation" (7))
-  [direct-output-odd-trained]="--arch coordinate --output direct --odd"  # meta-trained odd, not made odd after
+  [coordinate]="--arch coordinate $B"
+  [direct-output]="--arch coordinate --output direct --no-odd"
+  [no-momenta]="--arch coordinate $B --features grad_logsign,adam_grad"
+  [no-loss-scaling]="--arch coordinate $B --loss-scale 1"
+  [tensor]="--arch tensor $B"
+  [tensor-alpha0.5]="--arch tensor $B --alpha 0.5"
+  [tensor-h300]="--arch tensor $B --horizon-max 300 --val-steps 900"  # README: stopped at meta-step 500, not in ORDER
+  [tensor-beta1]="--arch tensor $B --beta 1.0"  # the bounded direct term as large as the nominal step
+  [tensor-unroll20]="--arch tensor $B --unroll 20 --meta-steps 400 --curriculum-steps 200"  # less greedy truncations
+  [tensor-direct]="--arch tensor --output direct --no-odd"
+  [tensor-param-scale]="--arch tensor $B --features grad_logsign,adam_grad,momenta,param_scale"
+  [tensor-beta1-odd]="--arch tensor --output adam_correction --beta 1.0 --odd"  # tensor-beta1 without its drift
+  [direct-output-odd-trained]="--arch coordinate --output direct --odd"  # the meta-training default since then
 )
 ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor tensor-alpha0.5"}
 FIRST=${FIRST:-coordinate}  # the variant whose compare holds the tuned-Adam runs

@@ -17,7 +17,7 @@ def _rows(run_dir):
 
 @pytest.mark.parametrize("arch,extra", [("coordinate", []), ("tensor", []),
                                         ("tensor", ["--features", "grad_logsign,adam_grad,momenta,param_scale"]),
-                                        ("coordinate", ["--odd"])])
+                                        ("coordinate", ["--output", "adam_correction", "--no-odd"])])
 def test_smoke_run_and_resume(tmp_path, arch, extra):
     run = tmp_path / "run"
     main(TINY + extra + ["--arch", arch, "--meta-steps", "4", "--run-dir", str(run)])
@@ -28,6 +28,7 @@ def test_smoke_run_and_resume(tmp_path, arch, extra):
     assert any("val_score" in r for r in rows)
     net, blob = load_lopt(run / "lopt.pt")
     assert blob["meta"]["meta_step"] in (3, 4) and net.cfg.arch == arch
+    assert net.cfg.odd == ("--no-odd" not in extra)  # the default (configs/meta/default.yaml) is odd
     model = torch.nn.Linear(3, 1)
     LSTMOptimizer(model.parameters(), lopt=run / "lopt.pt")  # the product loads as an optimizer
 
