@@ -10,7 +10,8 @@ from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
 from metaopt.optim import save_lopt
 from metaopt.tracking import read_metrics
 
-TINY = ["--N", "8", "--M", "12", "--batch-size", "2", "--val-crop", "64", "--log-every", "3", "--threads", "1"]
+TINY = ["--N", "8", "--M", "12", "--batch-size", "2", "--val-crop", "64", "--log-every", "3", "--threads", "1",
+        "--lopt-compile", "false"]  # compiling costs ~0.5 min per run; tests/metaopt/test_fused.py checks that path
 
 
 @pytest.fixture
