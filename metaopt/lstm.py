@@ -37,9 +37,10 @@ its 60-step horizon and exploded far beyond it):
   shipped default lopt.pt: 0.74x, and 0 of 5 runs to 100x diverged.
 * ``odd`` (either output): the network also runs on the sign-flipped gradient history (-g, -m: exactly the odd
   features negated), with its own LSTM state; of the direct output only the part that flips with the gradient
-  is kept, of the step-size output the part that does not (it multiplies the odd Adam direction): u(-g) = -u(g). Why: without it, meta-training found a constant
-  drift (every coordinate of a tensor moved the same way, whatever its gradient) that pays within the horizon
-  and grows linearly with the steps (README "Ablation" (7), experiments/drift.py). Costs a second LSTM pass.
+  is kept, of the step-size output the part that does not (it multiplies the odd Adam direction):
+  u(-g) = -u(g). Why: without it, meta-training found a constant drift (every coordinate of a tensor moved the
+  same way, whatever its gradient) that pays within the horizon and grows linearly with the steps (README
+  "Ablation" (7), experiments/drift.py). Costs a second LSTM pass.
 """
 from __future__ import annotations
 
