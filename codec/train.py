@@ -45,6 +45,8 @@ def check_config(cfg: dict) -> None:
         raise UserError(f"crop must be a multiple of {multiple} for {cfg['model']}, got {cfg['crop']}")
     if cfg["lr"] is not None and not (isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0):
         raise UserError(f"lr must be a positive number (or null for the optimizer's default), got {cfg['lr']!r}")
+    if not (isinstance(cfg["warmup_steps"], int) and cfg["warmup_steps"] >= 0):
+        raise UserError(f"warmup_steps must be a non-negative integer, got {cfg['warmup_steps']!r}")
     if not cfg["aux_lr"] > 0:
         raise UserError("aux_lr must be positive")
     if 0 < cfg["spike_guard"] <= 1:
@@ -108,6 +110,7 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     model = build_model(cfg["model"], cfg["N"], cfg["M"]).to(device)
     net_params, aux_params = split_parameters(model)
     optimizer = make_optimizer(cfg["optimizer"], net_params, cfg)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resume restores a warmed-up one
     if cfg["optimizer"] == "lstm" and cfg["lopt_compile"]:
         print("note: the learned optimizer's step compiles at the first step (once per run, ~0.5 min)", file=sys.stderr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=cfg["aux_lr"])
@@ -187,6 +190,11 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
             streak = 0
             if cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(net_params, cfg["grad_clip"])
+            if cfg["warmup_steps"]:
+                # A linear ramp computed from the step counter, not a stateful LR scheduler: nothing to checkpoint,
+                # and a guard rollback (which restores the optimizer's state, its lr included) cannot desync it.
+                for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base_lr * min(1.0, (step + 1) / cfg["warmup_steps"])
             opt_start = time.perf_counter()
             optimizer.step()
             if device.type == "cuda":

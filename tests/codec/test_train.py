@@ -27,15 +27,25 @@ def test_train_writes_config_metrics_and_checkpoints(tmp_path, image_folder):
     assert "optimizer" in state and "aux_optimizer" in state and "rng" in state
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "adam --warmup-steps 6"])
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, image_folder, optimizer):
-    full = run(tmp_path, image_folder, "full", "--steps", "8", "--optimizer", optimizer)
-    part = run(tmp_path, image_folder, "part", "--steps", "4", "--optimizer", optimizer)
-    run(tmp_path, image_folder, "part", "--steps", "8", "--optimizer", optimizer, "--resume")
+    args = ["--optimizer", *optimizer.split()]  # the warmup case resumes mid-ramp (step 4 of 6)
+    full = run(tmp_path, image_folder, "full", "--steps", "8", *args)
+    part = run(tmp_path, image_folder, "part", "--steps", "4", *args)
+    run(tmp_path, image_folder, "part", "--steps", "8", *args, "--resume")
     strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k} for r in rows]  # noqa: E731
     resumed, uninterrupted = strip(read_metrics(part / "metrics.jsonl")), strip(read_metrics(full / "metrics.jsonl"))
     assert [r["step"] for r in resumed] == [2, 4, 6, 8]
     assert resumed == uninterrupted
+
+
+def test_warmup_ramps_the_learning_rate_linearly(tmp_path, image_folder):
+    def final_lr(name, warmup):
+        run_dir = run(tmp_path, image_folder, name, "--steps", "3", "--warmup-steps", warmup)
+        return torch.load(run_dir / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"][0]["lr"]
+
+    assert final_lr("ramp", "12") == pytest.approx(1e-3 * 3 / 12)  # the 3rd step of 12 (TINY's lr is 1e-3)
+    assert final_lr("flat", "2") == pytest.approx(1e-3)
 
 
 def test_refuses_to_overwrite_a_run_without_resume(tmp_path, image_folder, capsys):
@@ -56,6 +66,7 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path, image_folder, capsy
     (["--resume"], "--resume needs --run-dir"),
     (["--spike-guard", "0.5"], "spike_guard must be 0 (off) or a factor > 1"),
     (["--spike-snapshot-every", "0"], "spike_snapshot_every must be positive"),
+    (["--warmup-steps", "-1"], "warmup_steps must be a non-negative integer"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:

@@ -115,9 +115,11 @@ def test_bad_input_fails_before_any_run(tmp_path, capsys, args, message):
 
 
 def test_codec_settings_reach_every_run(lopt_file):
-    cfg = parse_config(["--lopt", str(lopt_file), "--lopt-compile", "--spike-guard", "10"], "compare/default.yaml", "")
+    cfg = parse_config(["--lopt", str(lopt_file), "--lopt-compile", "--spike-guard", "10", "--warmup-steps", "7"],
+                       "compare/default.yaml", "")
     lstm_run = compare.codec_config(cfg, optimizer="lstm", lr=None, seed=0)
     assert lstm_run["lopt_compile"] is True and lstm_run["spike_guard"] == 10.0 and lstm_run["lopt"] == str(lopt_file)
+    assert compare.codec_config(cfg, optimizer="adam", lr=1e-3, seed=0)["warmup_steps"] == lstm_run["warmup_steps"] == 7
 
 
 def test_seed_parsing():
