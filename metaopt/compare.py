@@ -16,13 +16,21 @@
    to W&B as a "compare-report" run.
 
 Resumable: finished runs (RUN/done.json) are skipped, interrupted ones resume from their checkpoint.
+Parallel: `workers: K` trains K runs at once, each in its own process (the runs are independent).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
+import os
+import signal
 import statistics
+import sys
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from datetime import datetime
+from multiprocessing import get_context
 from pathlib import Path
 
 import matplotlib
@@ -92,6 +100,8 @@ def check_config(cfg: dict) -> dict:
         raise UserError(f"tune_on must be one of {', '.join(TUNE_ON)}, got {cfg['tune_on']!r}")
     if cfg["steps"] <= 0:
         raise UserError(f"steps must be positive, got {cfg['steps']}")
+    if not (isinstance(cfg["workers"], int) and cfg["workers"] >= 1):
+        raise UserError(f"workers must be a positive integer, got {cfg['workers']!r}")
     seeds = parse_seeds(cfg["seeds"])
     tune_seeds = parse_seeds(cfg["tune_seeds"])
     if set(tune_seeds) & set(seeds):
@@ -137,6 +147,32 @@ def run_one(run_dir: Path, codec_cfg: dict, group: str) -> dict:
     return row
 
 
+def run_all(jobs: list[tuple[Path, dict]], group: str, workers: int) -> dict[Path, dict]:
+    """`run_one` for every (run_dir, codec config); `workers` > 1 trains that many at once in child processes."""
+    if workers <= 1:
+        return {path: run_one(path, codec_cfg, group) for path, codec_cfg in jobs}
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(run_one, path, codec_cfg, group): path for path, codec_cfg in jobs}
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            pool.shutdown(cancel_futures=True)
+            raise failed[0].exception()
+        return {futures[f]: f.result() for f in futures}
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: on Linux, ask the kernel to SIGKILL this worker when the compare process dies. A worker
+    left running after `kill -9` would keep writing to its run directory while a resumed compare trains that same
+    run again (the pool itself only notices a dead parent after the current run). Elsewhere: nothing to set."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+
 def lr_tag(lr) -> str:
     return "default" if lr is None else f"{lr:g}"
 
@@ -145,33 +181,41 @@ def run_compare(cfg: dict, run_dir: Path) -> dict:
     plan = check_config(cfg)
     group = cfg["group"] or run_dir.name
     cfg = {**cfg, "group": group}
+    if cfg["workers"] > 1 and not cfg["threads"]:  # torch's default (all cores) in every worker would oversubscribe
+        cfg["threads"] = max(1, (os.cpu_count() or 1) // cfg["workers"])
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    tuned = {"adam": tune_lr(cfg, plan, run_dir, "adam", cfg["adam_lrs"], group)}
-    if cfg["lstm_lrs"]:
-        tuned["lstm"] = tune_lr(cfg, plan, run_dir, "lstm", cfg["lstm_lrs"], group)
+    grids = {"adam": cfg["adam_lrs"], **({"lstm": cfg["lstm_lrs"]} if cfg["lstm_lrs"] else {})}
+    tune_jobs = [(run_dir / "tune" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}", codec_config(cfg, optimizer, lr, seed))
+                 for optimizer, grid in grids.items() for lr in grid for seed in plan["tune_seeds"]]
+    tune_rows = run_all(tune_jobs, group, cfg["workers"])
+    tuned = {optimizer: tune_lr(cfg, plan, run_dir, optimizer, grid, tune_rows) for optimizer, grid in grids.items()}
 
     runs: dict[str, dict[int, Path]] = {}
+    jobs = []
     for optimizer in cfg["optimizers"]:
         lr = tuned[optimizer][1] if optimizer in tuned else None
         for seed in plan["seeds"]:
             path = run_dir / "runs" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}"
-            run_one(path, codec_config(cfg, optimizer, lr, seed), group)
+            jobs.append((path, codec_config(cfg, optimizer, lr, seed)))
             runs.setdefault(optimizer, {})[seed] = path
+    run_all(jobs, group, cfg["workers"])
     summary = summarize(cfg, runs, tuned, meta_horizon(cfg))
     write_outputs(cfg, run_dir, summary, runs)
     return summary
 
 
-def tune_lr(cfg: dict, plan: dict, run_dir: Path, optimizer: str, grid: list, group: str) -> tuple[dict, float]:
-    """Run `optimizer` at every LR of `grid` on the tuning seeds; return ({lr: tuning results}, best lr).
-    Best = lowest mean `tune_on` loss over the tuning seeds among the LRs that diverged on none."""
+def tune_lr(cfg: dict, plan: dict, run_dir: Path, optimizer: str, grid: list,
+            rows: dict[Path, dict]) -> tuple[dict, float]:
+    """From the finished tuning runs of `optimizer` (final `rows` by run directory), return
+    ({lr: tuning results}, best lr). Best = lowest mean `tune_on` loss over the tuning seeds among the LRs that
+    diverged on none."""
     tuning = {}
     for lr in grid:
         train_losses, val_losses = [], []
         for seed in plan["tune_seeds"]:
             path = run_dir / "tune" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}"
-            row = run_one(path, codec_config(cfg, optimizer, lr, seed), group)
+            row = rows[path]
             train_losses.append(tail_loss(path))
             val_losses.append(row["val_loss"] if _finite(row.get("val_loss")) else math.inf)
         tuning[lr] = {"train_loss": float(np.mean(train_losses)), "val_loss": float(np.mean(val_losses)),
@@ -235,9 +279,8 @@ def _median_or_inf(values) -> float:
 
 
 def _ratio(a: float, b: float) -> float | None:
-    if math.isinf(a) and math.isinf(b):
-        return None
-    return a / b if b else None
+    """a / b; None where Adam's median (b) never reached the target: 0.0 would read as infinitely faster."""
+    return a / b if b and not math.isinf(b) else None
 
 
 def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuned: dict[str, tuple[dict, float]],
