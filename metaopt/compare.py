@@ -166,11 +166,14 @@ def _die_with_parent(parent: int) -> None:
     """Worker initializer: on Linux, ask the kernel to SIGKILL this worker when the compare process dies. A worker
     left running after `kill -9` would keep writing to its run directory while a resumed compare trains that same
     run again (the pool itself only notices a dead parent after the current run). Elsewhere: nothing to set."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # a libc without prctl (as pin_mmap_threshold allows): run unprotected
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def lr_tag(lr) -> str:
