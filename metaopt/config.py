@@ -42,6 +42,19 @@ def _scalar(text: str) -> Any:
     return text
 
 
+def _list(text: str) -> list:
+    """`a,b,c` or YAML flow syntax (`[[16, 24], [24, 32]]`, needed for nested lists) as a list of scalars."""
+    text = text.strip()
+    if not text.startswith("["):
+        return [_scalar(v.strip()) for v in text.split(",") if v.strip()]
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ValueError from None
+    words = lambda v: [words(x) for x in v] if isinstance(v, list) else _scalar(str(v))  # noqa: E731
+    return words(value) if isinstance(value, list) else value
+
+
 def _coerce(key: str, value: Any, like: Any, source: str) -> Any:
     """Cast `value` to the type of the default `like`.
 
@@ -69,8 +82,9 @@ def _coerce(key: str, value: Any, like: Any, source: str) -> Any:
             return float(value)
         if isinstance(like, list):
             if isinstance(value, str):
-                value = [_scalar(v.strip()) for v in value.strip().strip("[]").split(",") if v.strip()]
-            if not isinstance(value, list):
+                value = _list(value)
+            nested = bool(like) and isinstance(like[0], list)  # e.g. sizes: [[16, 24], [24, 32]]
+            if not isinstance(value, list) or (nested and not all(isinstance(v, list) for v in value)):
                 raise ValueError
             return value
         return str(value)

@@ -18,10 +18,12 @@ def test_precedence_default_file_then_flags(tmp_path):
     (["--steps", "many"], "'steps' must be int"),
     (["--steps", "1.5"], "'steps' must be int"),
     (["--resume", "maybe"], "'resume' must be bool"),
+    (["--sizes", "16,24"], "'sizes' must be list"),  # a flat list where (N, M) pairs are expected
+    (["--sizes", "[[16, 24]"], "'sizes' must be list"),  # unbalanced brackets
 ])
 def test_type_errors(argv, message):
     with pytest.raises(UserError, match=message):
-        parse_config(argv, "codec/default.yaml", "t")
+        parse_config(argv, "meta/default.yaml" if "--sizes" in argv else "codec/default.yaml", "t")
 
 
 def test_bad_files(tmp_path):
@@ -31,3 +33,11 @@ def test_bad_files(tmp_path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(UserError, match="not valid YAML"):
         parse_config(["--config", str(bad)], "codec/default.yaml", "t")
+
+
+def test_list_flags_take_commas_or_yaml_flow_syntax():
+    cfg = parse_config(["--sizes", "[[8, 12], [16,24]]", "--momentum-betas", "0.5,0.9", "--models",
+                        "[bmshj2018-hyperprior]"], "meta/default.yaml", "t")
+    assert cfg["sizes"] == [[8, 12], [16, 24]] and cfg["momentum_betas"] == [0.5, 0.9]
+    assert cfg["models"] == ["bmshj2018-hyperprior"]
+    assert parse_config(["--momentum-betas", "[1e-3, 2e-3]"], "meta/default.yaml", "t")["momentum_betas"] == [1e-3, 2e-3]
