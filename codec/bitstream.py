@@ -22,6 +22,7 @@ bpp = 8 * file_bytes / (H * W): the whole file counts, header included.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import struct
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from compressai.entropy_models import EntropyModel
 from torch import nn
 
 from codec.data import crop_to, pad_to_multiple
@@ -65,8 +67,8 @@ def bpp(num_bytes: int, height: int, width: int) -> float:
     return 8.0 * num_bytes / (height * width)
 
 
-# model -> (parameter versions, fingerprint). Parameter `_version` counters change on every in-place
-# update (optimizer steps, load_state_dict), so a model that keeps training is re-prepared automatically.
+# model -> (parameter versions, fingerprint, hyper-decoder copy). Parameter `_version` counters change on every
+# in-place update (optimizer steps, load_state_dict), so a model that keeps training is re-prepared automatically.
 _prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -86,21 +88,72 @@ def fingerprint(model: nn.Module) -> bytes:
     return h.digest()[:FINGERPRINT_BYTES]
 
 
+# Files must decode on any device, whichever one coded them. CompressAI computes two things that pick the rANS
+# tables in float32 on the model's device, where a GPU and a CPU round differently: the CDF tables (`update()`) and
+# the hyperprior's scales (`h_s`). One CDF entry off by one, or one scale on the other side of a table boundary,
+# and the decoder reads garbage; measured on an H200 for the factorized models: a file coded on the GPU decoded
+# to noise on the CPU, and the other way round. So both are computed here on the CPU, the scales in float64.
+
+
+def _update_tables_on_cpu(model: nn.Module) -> None:
+    entropy_models = [m for m in model.modules() if isinstance(m, EntropyModel)]
+    device = next(model.parameters()).device
+    for m in entropy_models:
+        m.cpu()
+    try:
+        model.update(force=True)
+    finally:
+        for m in entropy_models:
+            m.to(device)
+
+
 def prepare(model: nn.Module) -> bytes:
     """Build the entropy coders' CDF tables (`update`) and fingerprint the weights, once per weight state.
 
     `update(force=True)` rather than trusting CDF buffers loaded from a checkpoint: those may be stale
     (saved before the last training steps), and encoder and decoder must derive the same tables.
     """
-    versions = _param_versions(model)
     cached = _prepared.get(model)
-    if cached is not None and cached[0] == versions:
+    if cached is not None and cached[0] == _param_versions(model):
         return cached[1]
     with torch.no_grad():
-        model.update(force=True)
+        _update_tables_on_cpu(model)
+    portable = None
+    if _is_hyperprior(model):  # CPU float64 copies: `_scale_indexes`
+        portable = (copy.deepcopy(model.h_s).to("cpu", torch.float64),
+                    copy.deepcopy(model.gaussian_conditional).to("cpu", torch.float64))
     digest = fingerprint(model)
-    _prepared[model] = (versions, digest)
+    _prepared[model] = (_param_versions(model), digest, portable)
     return digest
+
+
+def _scale_indexes(model: nn.Module, z_hat: torch.Tensor) -> torch.Tensor:
+    """The Gaussian CDF table of each latent, from scales computed the same on every device (see above).
+    z_hat itself is exact everywhere: decoded integers plus the stored medians."""
+    h_s, gaussian = _prepared[model][2]
+    scales = h_s(z_hat.to("cpu", torch.float64))
+    return gaussian.build_indexes(scales).to(z_hat.device)
+
+
+def _compress(model: nn.Module, x: torch.Tensor) -> dict:
+    """CompressAI's `compress`, with the hyperprior's table indexes from `_scale_indexes`."""
+    if not _is_hyperprior(model):
+        return model.compress(x)
+    y = model.g_a(x)
+    z = model.h_a(torch.abs(y))
+    z_strings = model.entropy_bottleneck.compress(z)
+    z_hat = model.entropy_bottleneck.decompress(z_strings, z.size()[-2:])
+    y_strings = model.gaussian_conditional.compress(y, _scale_indexes(model, z_hat))
+    return {"strings": [y_strings, z_strings], "shape": z.size()[-2:]}
+
+
+def _decompress(model: nn.Module, strings: list, shape: tuple[int, int]) -> torch.Tensor:
+    """CompressAI's `decompress` (returns x_hat), with the hyperprior's table indexes from `_scale_indexes`."""
+    if not _is_hyperprior(model):
+        return model.decompress(strings, shape)["x_hat"]
+    z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
+    y_hat = model.gaussian_conditional.decompress(strings[0], _scale_indexes(model, z_hat), z_hat.dtype)
+    return model.g_s(y_hat).clamp_(0, 1)
 
 
 def _is_hyperprior(model: nn.Module) -> bool:
@@ -129,7 +182,7 @@ def encode(model: nn.Module, model_name: str, model_config: dict, x: torch.Tenso
     device = next(model.parameters()).device
     padded, _ = pad_to_multiple(x.to(device), PAD_MULTIPLE)
     with torch.no_grad():
-        out = model.compress(padded[None])
+        out = _compress(model, padded[None])
     if tuple(out["shape"]) != _latent_shape(model, height, width):  # guards the decoder's derivation
         raise AssertionError(f"latent shape {tuple(out['shape'])} != {_latent_shape(model, height, width)}")
     strings = [s[0] for s in out["strings"]]
@@ -208,7 +261,7 @@ def decode(model: nn.Module, model_name: str, model_config: dict, data: bytes,
     y_symbols = model_config["M"] * shape[0] * shape[1] * (16 if _is_hyperprior(model) else 1)
     guard = bytes(4 * y_symbols + 64)
     with torch.no_grad():
-        x_hat = model.decompress([[s + guard] for s in header.strings], shape)["x_hat"][0]
+        x_hat = _decompress(model, [[s + guard] for s in header.strings], shape)[0]
     # A forged payload can decode to huge latents and hence NaN pixels; the output must still be an image.
     x_hat = torch.nan_to_num(x_hat, nan=0.0).clamp_(0, 1)
     return crop_to(x_hat, (header.height, header.width))

@@ -19,8 +19,17 @@ import torch
 from metaopt.lstm import LSTMOptimizerNet, bias_corrections
 
 # Let one fused loop hold the whole per-coordinate network (defaults: a node of > 50 ops is written to memory,
-# a kernel fuses <= 64 nodes), so no [hidden, P] intermediate is materialised.
-COMPILE_OPTIONS = {"realize_cpu_opcount_threshold": 100_000, "max_fusion_size": 100_000}
+# a kernel fuses <= 64 nodes), so no [hidden, P] intermediate is materialised. The first option is named
+# realize_cpu_opcount_threshold from torch 2.14 on and realize_opcount_threshold before; inductor refuses names it
+# does not know, so only those of the installed torch are passed.
+COMPILE_OPTIONS = {"realize_cpu_opcount_threshold": 100_000, "realize_opcount_threshold": 100_000,
+                   "max_fusion_size": 100_000}
+
+
+def compile_options() -> dict:
+    from torch._inductor import config  # late: only a compiled step needs inductor
+
+    return {key: value for key, value in COMPILE_OPTIONS.items() if hasattr(config, key)}
 
 
 def linear_rows(rows: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor | None) -> list[torch.Tensor]:
@@ -44,7 +53,7 @@ class FusedStep:
         self.net, self.cfg = net, net.cfg
         one_minus = [1 - b for b in self.cfg.momentum_betas]
         self.one_minus = torch.tensor(one_minus, device=device)[:, None]
-        compile_ = lambda fn: torch.compile(fn, dynamic=False, fullgraph=True, options=COMPILE_OPTIONS)  # noqa: E731
+        compile_ = lambda fn: torch.compile(fn, dynamic=False, fullgraph=True, options=compile_options())  # noqa: E731
         if self.cfg.arch == "coordinate":
             self._coordinate = compile_(self._coordinate_loop)
         else:
