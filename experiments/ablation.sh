@@ -33,6 +33,7 @@ declare -A VARIANTS=(
   [tensor-param-scale]="--arch tensor $B --features grad_logsign,adam_grad,momenta,param_scale"
   [tensor-beta1-odd]="--arch tensor --output adam_correction --beta 1.0 --odd"  # tensor-beta1 without its drift
   [direct-output-odd-trained]="--arch coordinate --output direct --odd"  # the meta-training default since then
+  [progress]="--arch coordinate --output direct --odd --features grad_logsign,adam_grad,momenta,progress"  # + t/T
 )
 ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor tensor-alpha0.5"}
 FIRST=${FIRST:-coordinate}  # the variant whose compare holds the tuned-Adam runs

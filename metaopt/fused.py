@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from metaopt.lstm import LSTMOptimizerNet, bias_corrections
+from metaopt.lstm import LSTMOptimizerNet, bias_corrections, training_progress
 
 # Let one fused loop hold the whole per-coordinate network (defaults: a node of > 50 ops is written to memory,
 # a kernel fuses <= 64 nodes), so no [hidden, P] intermediate is materialised. The first option is named
@@ -65,29 +65,32 @@ class FusedStep:
             self._tensor_update = compile_(self._tensor_update_loop)
 
     @torch.no_grad()
-    def __call__(self, g: torch.Tensor, state: dict, lr: float, params: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, g: torch.Tensor, state: dict, lr: float, params: torch.Tensor | None = None,
+                 horizon: int | None = None) -> torch.Tensor:
         if params is None and "param_scale" in self.cfg.features:
             raise ValueError('feature "param_scale" needs the parameter values: fused(..., params=flat params)')
         t = state["t"] + 1
         c1, c2 = bias_corrections(self.cfg, t, g)
+        progress = training_progress(self.cfg, t, horizon, g)
         lr = torch.tensor(lr, device=g.device, dtype=g.dtype)  # a tensor: a new lr does not recompile
         one_minus = self.one_minus.to(g.dtype)
         if self.cfg.arch == "coordinate":
-            update = self._coordinate(g, state["m"], state["v"], state["h"], state["c"], one_minus, c1, c2, lr, params)
+            update = self._coordinate(g, state["m"], state["v"], state["h"], state["c"], one_minus, c1, c2, lr, params,
+                                      progress)
             state["t"] = t
             return update
-        stats = self._statistics(g, state["m"], state["v"], one_minus, c1, c2, params)
+        stats = self._statistics(g, state["m"], state["v"], one_minus, c1, c2, params, progress)
         h_top, h, c = self.net.cell(stats.T, state["h"], state["c"])  # T columns: tiny
         state["h"], state["c"] = h, c
         offset = self.net.tensor_out_w.T @ h_top  # [2, T]
         state["t"] = t
-        return self._tensor_update(g, state["m"], state["v"], c1, c2, offset, self.tensor_of, lr, params)
+        return self._tensor_update(g, state["m"], state["v"], c1, c2, offset, self.tensor_of, lr, params, progress)
 
     # -- the loops torch.compile fuses ----------------------------------------------------------------
-    def _moments_and_features(self, g, m, v, one_minus, c1, c2, params):
+    def _moments_and_features(self, g, m, v, one_minus, c1, c2, params, progress):
         m.lerp_(g.expand_as(m), one_minus)
         v.lerp_(g * g, 1 - self.cfg.adam_beta2)
-        return self.net.feature_rows(g, m, v, c1, c2, params)
+        return self.net.feature_rows(g, m, v, c1, c2, params, progress)
 
     def _lstm_rows(self, inp, h, c):
         """The coordinate LSTM on feature rows, its state h, c [L*H, n] advanced in place -> raw output rows."""
@@ -106,21 +109,21 @@ class FusedStep:
         c.copy_(torch.stack(cs))
         return linear_rows(inp, net.out_w, net.out_b)
 
-    def _coordinate_loop(self, g, m, v, h, c, one_minus, c1, c2, lr, params):
+    def _coordinate_loop(self, g, m, v, h, c, one_minus, c1, c2, lr, params, progress):
         net = self.net
-        inp, adam_dir = self._moments_and_features(g, m, v, one_minus, c1, c2, params)
+        inp, adam_dir = self._moments_and_features(g, m, v, one_minus, c1, c2, params, progress)
         if not self.cfg.odd:
             raw_step, raw_direct = self._lstm_rows(inp, h, c)
         else:  # the sign-flipped history too, in the second half of the state columns (LSTMOptimizerNet.step)
             P = g.shape[0]
             seen = self._lstm_rows(inp, h[:, :P], c[:, :P])
-            mirrored = self._lstm_rows(net.feature_rows(-g, -m, v, c1, c2, params)[0], h[:, P:], c[:, P:])
+            mirrored = self._lstm_rows(net.feature_rows(-g, -m, v, c1, c2, params, progress)[0], h[:, P:], c[:, P:])
             raw_step, raw_direct = net.fold_mirrored(torch.stack(seen), torch.stack(mirrored))
         return -lr * net.head(raw_step, raw_direct, adam_dir)
 
-    def _statistics_loop(self, g, m, v, one_minus, c1, c2, params):
+    def _statistics_loop(self, g, m, v, one_minus, c1, c2, params, progress):
         """Moments in place, and each tensor's mean and mean square of every feature: [T, 2F]."""
-        rows, _ = self._moments_and_features(g, m, v, one_minus, c1, c2, params)
+        rows, _ = self._moments_and_features(g, m, v, one_minus, c1, c2, params, progress)
         stats, start = [], 0
         for n in self.sizes:
             piece = [r[start:start + n] for r in rows]
@@ -128,11 +131,11 @@ class FusedStep:
             start += n
         return torch.stack(stats)
 
-    def _tensor_update_loop(self, g, m, v, c1, c2, offset, tensor_of, lr, params):
+    def _tensor_update_loop(self, g, m, v, c1, c2, offset, tensor_of, lr, params, progress):
         net = self.net
         # The features again, from the updated moments: recomputing them in registers is cheaper than writing
         # [F, P] to memory in the statistics loop and reading it back here.
-        rows, adam_dir = net.feature_rows(g, m, v, c1, c2, params)
+        rows, adam_dir = net.feature_rows(g, m, v, c1, c2, params, progress)
         hidden = [torch.relu(x) for x in linear_rows(rows, net.mlp_w, net.mlp_b)]
         raw = linear_rows(hidden, net.out_w, net.out_b)
         raw_step, raw_direct = (y + offset[k][tensor_of] for k, y in enumerate(raw))

@@ -25,6 +25,9 @@ its 60-step horizon and exploded far beyond it):
   tends to 1 and is the nominal optimizer's own.) Optional: ``param_scale``, log|p| on the same scale as the
   gradient's log-magnitude (Metz et al. 2020's parameter-value input), so the step can depend on the size of
   the weight it moves; over a tensor (arch ``tensor``) its mean and mean square give the layer's scale.
+  Optional: ``progress``, the fraction of the planned training done, t/T clamped to [0, 1] (VeLO's
+  training-progress input, Metz et al. 2022): a schedule can be learned, and the input spans the same [0, 1]
+  for a 100-step meta-training task and a 10 000-step run. It needs T: `step(..., horizon=T)`.
 * Two output parameterisations:
   ``adam_correction`` (LSTMConfig's default; Harrison et al. 2022): a nominal Adam step times a bounded learned
   per-coordinate step-size factor, plus a bounded learned direct term,
@@ -50,7 +53,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-FEATURES = ("grad_logsign", "adam_grad", "momenta", "param_scale")
+FEATURES = ("grad_logsign", "adam_grad", "momenta", "param_scale", "progress")
 DEFAULT_FEATURES = FEATURES[:3]
 OUTPUTS = ("adam_correction", "direct")
 ARCHS = ("coordinate", "tensor")
@@ -89,7 +92,8 @@ class LSTMConfig:
 
     @property
     def num_features(self) -> int:
-        sizes = {"grad_logsign": 2, "adam_grad": 1, "momenta": len(self.momentum_betas), "param_scale": 1}
+        sizes = {"grad_logsign": 2, "adam_grad": 1, "momenta": len(self.momentum_betas), "param_scale": 1,
+                 "progress": 1}
         return sum(sizes[f] for f in self.features)
 
     def to_dict(self) -> dict:
@@ -128,6 +132,16 @@ def bias_corrections(cfg: LSTMConfig, t: int, like: torch.Tensor) -> tuple[torch
     betas = torch.tensor(cfg.momentum_betas, dtype=torch.float64)
     c1 = (1 - betas ** t).to(device=like.device, dtype=like.dtype)[:, None]
     return c1, torch.tensor(1 - cfg.adam_beta2 ** t, device=like.device, dtype=like.dtype)
+
+
+def training_progress(cfg: LSTMConfig, t: int, horizon: int | None, like: torch.Tensor) -> torch.Tensor | None:
+    """Feature "progress": t / horizon clamped to 1, as a 0-dim tensor (a compiled step does not specialise on
+    it); None when the feature is off."""
+    if "progress" not in cfg.features:
+        return None
+    if not horizon or horizon < 1:
+        raise ValueError('feature "progress" needs the planned number of steps: step(..., horizon=T)')
+    return torch.tensor(min(t / horizon, 1.0), device=like.device, dtype=like.dtype)
 
 
 def tensor_statistics(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
@@ -184,9 +198,11 @@ class LSTMOptimizerNet(nn.Module):
 
     # -- features ---------------------------------------------------------------------------------
     def feature_rows(self, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor,
-                     p: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                     p: torch.Tensor | None = None, progress: torch.Tensor | None = None
+                     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """(F feature rows [n], Adam direction m_hat/(sqrt(v_hat)+eps) [n]) from the *updated* moments m [B, n],
-        v [n], the `bias_corrections` c1, c2 and (feature "param_scale" only) the parameter values p [n]. Rows,
+        v [n], the `bias_corrections` c1, c2, (feature "param_scale" only) the parameter values p [n] and
+        (feature "progress" only) the `training_progress`, which the sign-flipped history shares. Rows,
         not one [n, F] tensor: elementwise ops on strided columns were measured several times slower on CPU, and
         the compiled step (metaopt.fused) fuses rows into one loop."""
         cfg = self.cfg
@@ -200,6 +216,8 @@ class LSTMOptimizerNet(nn.Module):
                 rows.append((g / denom).clamp(-10, 10))
             elif name == "param_scale":  # log|p| on the gradient's log scale: how large the weight is
                 rows.append(p.abs().clamp_min(math.exp(-cfg.preprocess_p)).log() / cfg.preprocess_p)
+            elif name == "progress":
+                rows.append(progress.expand_as(g))
             else:  # momenta
                 rows.extend((m_hat / denom).clamp(-10, 10).unbind())
         return rows, m_hat[cfg.momentum_betas.index(cfg.adam_beta1)] / denom
@@ -245,10 +263,12 @@ class LSTMOptimizerNet(nn.Module):
 
     # -- one optimizer step over a flat vector -------------------------------------------------------
     def step(self, g: torch.Tensor, state: dict, lr: float | torch.Tensor, chunk_size: int | None = None,
-             penalty: bool = True, params: torch.Tensor | None = None) -> tuple[torch.Tensor, dict, torch.Tensor]:
+             penalty: bool = True, params: torch.Tensor | None = None, horizon: int | None = None
+             ) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """g [P] -> (update [P] to *add* to the parameters, new state, mean squared raw output (0 if not
         `penalty`: the optimizer in use needs no correction penalty, only meta-training does)). `params` [P], the
-        flat parameter values, is needed by the "param_scale" feature only.
+        flat parameter values, is needed by the "param_scale" feature only, `horizon` (the planned number of
+        steps) by "progress" only.
 
         `chunk_size` coordinates at a time go through the per-coordinate network (None = all at once); the
         results are identical, only the peak memory of the [hidden, n] intermediates is bounded.
@@ -258,6 +278,7 @@ class LSTMOptimizerNet(nn.Module):
             raise ValueError('feature "param_scale" needs the parameter values: step(..., params=flat params)')
         t = state["t"] + 1
         c1, c2 = bias_corrections(cfg, t, g)
+        progress = training_progress(cfg, t, horizon, g)
         # Moments as lerps (m + (1 - beta)(g - m)): one elementwise pass each instead of three.
         one_minus = torch.tensor([1 - b for b in cfg.momentum_betas], dtype=g.dtype, device=g.device)[:, None]
         m = torch.lerp(state["m"], g.expand_as(state["m"]), one_minus)
@@ -274,7 +295,7 @@ class LSTMOptimizerNet(nn.Module):
             T = len(state["sizes"])
             # Per-tensor statistics need every coordinate's features first ([F, P], small next to a coordinate
             # LSTM's state); the tensor LSTM then steps once over the T tensors (2T if odd).
-            feats = [self.feature_rows(*flip(sign, g, m), v, c1, c2, params) for sign in signs]
+            feats = [self.feature_rows(*flip(sign, g, m), v, c1, c2, params, progress) for sign in signs]
             xs, adam_dir = [torch.stack(rows) for rows, _ in feats], feats[0][1]
             stats = torch.cat([tensor_statistics(x, state["sizes"]) for x in xs])
             h_top, new["h"], new["c"] = self.cell(stats.T, state["h"], state["c"])
@@ -291,7 +312,7 @@ class LSTMOptimizerNet(nn.Module):
                     outs.append(self.coordinate_outputs(xs[k][:, cols], offsets[k][:, cols]))
                 else:
                     rows, d = self.feature_rows(*flip(sign, g[cols], m[:, cols]), v[cols], c1, c2,
-                                                None if params is None else params[cols])
+                                                None if params is None else params[cols], progress)
                     cols_dir = d if cols_dir is None else cols_dir  # the Adam direction of the history as seen
                     mine = slice(k * P + start, k * P + min(start + n, P))
                     h_top, h, c = self.cell(torch.stack(rows), state["h"][:, mine], state["c"][:, mine])
@@ -309,7 +330,8 @@ class LSTMOptimizerNet(nn.Module):
 
 
 def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: list[dict], lr: float,
-                   params: list[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], list[dict]]:
+                   params: list[torch.Tensor] | None = None, horizon: int | None = None
+                   ) -> tuple[list[torch.Tensor], list[dict]]:
     """The slow, obviously-correct path: one parameter tensor at a time, torch.nn.LSTMCell per layer,
     torch.nn.Linear for the output layer and the MLP, plain means for the tensor statistics.
 
@@ -348,7 +370,8 @@ def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: lis
         width = g.numel() if coordinate else 1  # LSTM state columns per history (two histories if odd)
         outs, hs, cs = [], [], []
         for k, sign in enumerate((1, -1) if cfg.odd else (1,)):  # odd: the sign-flipped history too
-            rows, d = net.feature_rows(sign * g, sign * m, v, *bias_corrections(cfg, t, g), p)
+            rows, d = net.feature_rows(sign * g, sign * m, v, *bias_corrections(cfg, t, g), p,
+                                       training_progress(cfg, t, horizon, g))
             adam_dir = d if k == 0 else adam_dir
             x = torch.stack(rows, 1)  # [n, F]
             # The LSTM reads each coordinate's features, or this one tensor's feature means and mean squares.

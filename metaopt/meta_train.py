@@ -203,8 +203,9 @@ def main(argv=None):
             bar.set_postfix(meta_loss=f"{meta_loss.item():.3f}", skipped=skipped)
         if done % cfg["val_every"] == 0 or done == cfg["meta_steps"]:
             blob = lopt_blob(net, cfg["lr"])
-            score, div = validate(lambda p: LSTMOptimizer(p, lopt=blob, chunk_size=cfg["chunk_size"]), family, cfg,
-                                  device)
+            make_opt = lambda p: LSTMOptimizer(p, lopt=blob, chunk_size=cfg["chunk_size"],  # noqa: E731
+                                               horizon=cfg["val_steps"])
+            score, div = validate(make_opt, family, cfg, device)
             if score < best:
                 best = score
                 atomic_save(lopt_blob(net, cfg["lr"], {"meta_step": done, "val_score": score, "config": cfg}),

@@ -66,10 +66,11 @@ def load_lopt(lopt: str | Path | dict | None) -> tuple[LSTMOptimizerNet, dict]:
 class LSTMOptimizer(torch.optim.Optimizer):
     """Train any model with a meta-trained LSTM optimizer.
 
-    LSTMOptimizer(model.parameters(), lopt=None|path|blob, lr=None, chunk_size=2**20, compile=False)
+    LSTMOptimizer(model.parameters(), lopt=None|path|blob, lr=None, chunk_size=2**20, compile=False, horizon=None)
 
     `lr` is the nominal (Adam) step size of the `adam_correction` output; None = the one it was meta-trained
-    with. `compile` uses the torch.compile'd step (`metaopt.fused`); if compiling fails (e.g. no C++
+    with. `horizon` is the planned number of steps, which an optimizer with the "progress" feature needs (it
+    reads t / horizon); the constructor's value holds after `load_state_dict` too. `compile` uses the torch.compile'd step (`metaopt.fused`); if compiling fails (e.g. no C++
     compiler) it warns once and keeps the eager step. Parameters whose `.grad` is None at a step are not
     moved (their coordinates still see a zero gradient, as the flat state covers the whole group). The whole
     group's state lives, flat, in `self.state[first param of the group]`, so the stock `state_dict` /
@@ -77,9 +78,13 @@ class LSTMOptimizer(torch.optim.Optimizer):
     is self-contained."""
 
     def __init__(self, params, lopt=None, lr: float | None = None, chunk_size: int | None = 2**20,
-                 compile: bool = False):
+                 compile: bool = False, horizon: int | None = None):
         self.net, self.blob = load_lopt(lopt)
         self.net.requires_grad_(False)
+        if "progress" in self.net.cfg.features and not (horizon and horizon > 0):
+            raise UserError("this learned optimizer reads the training progress: give the planned number of steps "
+                            "(LSTMOptimizer(..., horizon=T); codec.train passes --steps)")
+        self.horizon = horizon
         if lr is None:
             lr = self.blob["lr"]
         if not lr > 0:
@@ -91,7 +96,7 @@ class LSTMOptimizer(torch.optim.Optimizer):
             compile = False
         self.compile = compile
         self.fused: dict[int, FusedStep] = {}  # per param group; rebuilt after load_state_dict
-        super().__init__(params, {"lr": lr})
+        super().__init__(params, {"lr": lr, "horizon": horizon})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -121,25 +126,27 @@ class LSTMOptimizer(torch.optim.Optimizer):
                 state.update(init_state(self.net.cfg, sizes, flat.device, flat.dtype), layout=STATE_LAYOUT)
                 self.net.to(device=flat.device, dtype=flat.dtype)
             values = torch.cat([p.reshape(-1) for p in params]) if "param_scale" in self.net.cfg.features else None
-            update = self._fused_update(index, flat, state, sizes, group["lr"], values) if self.compile else None
+            update = (self._fused_update(index, flat, state, sizes, group["lr"], values, group["horizon"])
+                      if self.compile else None)
             if update is None:
-                update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size, penalty=False, params=values)
+                update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size, penalty=False, params=values,
+                                               horizon=group["horizon"])
                 state.update(new)
             moved = [(p, u.view_as(p)) for p, u, ok in zip(params, update.split(sizes), has_grad) if ok]
             torch._foreach_add_([p for p, _ in moved], [u for _, u in moved])
         return loss
 
     def _fused_update(self, index: int, flat: torch.Tensor, state: dict, sizes: list[int], lr: float,
-                      values: torch.Tensor | None):
+                      values: torch.Tensor | None, horizon: int | None):
         """The compiled step's update (state advanced in place), or None if compiling it failed."""
         if index in self.fused:
-            return self.fused[index](flat, state, lr, values)
+            return self.fused[index](flat, state, lr, values, horizon)
         self.fused[index] = FusedStep(self.net, sizes, flat.device)
         # The first call compiles, loop by loop: run it on a copy, so a failure halfway (one loop compiled and
         # run, the next not) leaves the real state untouched for the eager step.
         trial = {key: value.clone() if torch.is_tensor(value) else value for key, value in state.items()}
         try:
-            update = self.fused[index](flat, trial, lr, values)
+            update = self.fused[index](flat, trial, lr, values, horizon)
         except Exception as e:
             warnings.warn(f"LSTMOptimizer: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                           "using the eager step")
@@ -171,6 +178,7 @@ class LSTMOptimizer(torch.optim.Optimizer):
         self.fused.clear()
         cfg = self.net.cfg
         for group in self.param_groups:  # keep the network on the parameters' device/dtype
+            group["horizon"] = self.horizon  # this run's plan (older states saved none)
             if group["params"]:
                 p = group["params"][0]
                 self.net.to(device=p.device, dtype=p.dtype)

@@ -2,7 +2,8 @@
 
 Config keys: `lr` (None = the optimizer's default: 1e-4 for Adam, CompressAI's; 1e-2 for SGD; the
 meta-trained nominal step for the LSTM), `momentum` (SGD), `lopt` (LSTM checkpoint path; None = the
-shipped `metaopt/pretrained/lopt.pt`), `lopt_compile` (LSTM: the torch.compile'd step of metaopt.fused).
+shipped `metaopt/pretrained/lopt.pt`), `lopt_compile` (LSTM: the torch.compile'd step of metaopt.fused), `steps`
+(LSTM: the planned number of steps, read by an optimizer with the "progress" feature).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def make_optimizer(name: str, params, config: dict) -> torch.optim.Optimizer:
         raise UserError(f"lr must be positive, got {lr}")
     if name == "lstm":
         return LSTMOptimizer(params, lopt=config.get("lopt"), lr=None if lr is None else float(lr),
-                             compile=bool(config.get("lopt_compile", False)))
+                             compile=bool(config.get("lopt_compile", False)), horizon=config.get("steps"))
     lr = DEFAULT_LR[name] if lr is None else float(lr)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)

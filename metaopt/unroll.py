@@ -100,7 +100,8 @@ def unroll(net: LSTMOptimizerNet, ts: TaskState, K: int, lr: float, meta_loss: s
         grads = torch.autograd.grad(loss * ts.loss_scale, net_params, create_graph=second_order, retain_graph=True)
         flat = torch.cat([g.reshape(-1) for g in grads])
         values = torch.cat([p.reshape(-1) for p in net_params]) if "param_scale" in net.cfg.features else None
-        update, state, sq = net.step(flat, state, lr, chunk_size, penalty=correction_penalty > 0, params=values)
+        update, state, sq = net.step(flat, state, lr, chunk_size, penalty=correction_penalty > 0, params=values,
+                                     horizon=ts.horizon)
         penalty = penalty + sq
         new_params = list(params)
         for i, u in zip(net_idx, update.split([p.numel() for p in net_params])):

@@ -10,13 +10,13 @@ from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state
 RTOL, ATOL = 1e-5, 1e-7
 
 
-ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale"]
+ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale", "progress"]
 
 
 @pytest.mark.parametrize("arch,layers,output,features,odd", [
     ("coordinate", 1, "adam_correction", None, False), ("coordinate", 2, "direct", None, False),
     ("coordinate", 1, "adam_correction", ALL_FEATURES, False), ("coordinate", 2, "direct", None, True),
-    ("coordinate", 1, "adam_correction", None, True),
+    ("coordinate", 1, "adam_correction", None, True), ("coordinate", 1, "direct", ALL_FEATURES, True),
     ("tensor", 1, "adam_correction", None, False), ("tensor", 2, "direct", None, False),
     ("tensor", 1, "adam_correction", ALL_FEATURES, False)])
 def test_fused_step_equals_eager_step(arch, layers, output, features, odd):
@@ -33,8 +33,8 @@ def test_fused_step_equals_eager_step(arch, layers, output, features, odd):
             values = torch.randn(sum(sizes))  # read by "param_scale" only
             lr = 1e-2 / (step + 1)
             with torch.no_grad():
-                expected, eager_state, _ = net.step(g, eager_state, lr, penalty=False, params=values)
-            update = fused(g, fused_state, lr, values)
+                expected, eager_state, _ = net.step(g, eager_state, lr, penalty=False, params=values, horizon=3)
+            update = fused(g, fused_state, lr, values, horizon=3)  # "progress" reaches its clamp at step 3
             torch.testing.assert_close(update, expected, rtol=RTOL, atol=ATOL * lr)
             assert fused_state["t"] == eager_state["t"] == step + 1
             for key in ("m", "v", "h", "c"):

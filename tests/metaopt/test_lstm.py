@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state, preprocess_grad, reference_step
+from metaopt.lstm import (LSTMConfig, LSTMOptimizerNet, init_state, preprocess_grad, reference_step,
+                          training_progress)
 
 
 def test_preprocess_matches_andrychowicz():
@@ -18,13 +19,15 @@ def test_preprocess_matches_andrychowicz():
     assert out[4].tolist() == [-1.0, 0.0]
 
 
-ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale"]
+ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale", "progress"]
+HORIZON = 3  # "progress" reaches its clamp (t/T = 1) within the tests' 4 steps
 
 
 @pytest.mark.parametrize("arch,layers,output,chunk,features,odd", [
     ("coordinate", 1, "adam_correction", None, None, False), ("coordinate", 2, "adam_correction", 7, None, False),
     ("coordinate", 2, "direct", 5, None, False), ("coordinate", 1, "adam_correction", 7, ALL_FEATURES, False),
     ("coordinate", 2, "adam_correction", 7, None, True), ("coordinate", 1, "direct", None, None, True),
+    ("coordinate", 1, "direct", 7, ALL_FEATURES, True),
     ("tensor", 1, "adam_correction", None, None, False), ("tensor", 2, "adam_correction", 7, None, False),
     ("tensor", 1, "direct", 5, None, False), ("tensor", 1, "adam_correction", None, ALL_FEATURES, False),
     ("tensor", 2, "adam_correction", 7, None, True), ("tensor", 1, "direct", 5, None, True)])
@@ -44,8 +47,8 @@ def test_fast_path_equals_reference(arch, layers, output, chunk, features, odd):
         values = [torch.randn(s, dtype=torch.float64) for s in shapes]  # read by "param_scale" only
         with torch.no_grad():
             update, flat_state, _ = net.step(flat, flat_state, 1e-2, chunk_size=chunk,
-                                             params=torch.cat([v.reshape(-1) for v in values]))
-            ref_updates, ref_states = reference_step(net, grads, ref_states, 1e-2, values)
+                                             params=torch.cat([v.reshape(-1) for v in values]), horizon=HORIZON)
+            ref_updates, ref_states = reference_step(net, grads, ref_states, 1e-2, values, HORIZON)
         assert torch.allclose(update, torch.cat(ref_updates), rtol=1e-10, atol=1e-14)
         for key in ("m", "v", "h", "c"):  # feature-major: tensors side by side along the last dim
             histories = 2 if odd and key in ("h", "c") else 1  # odd: [all tensors as seen | all mirrored]
@@ -87,7 +90,7 @@ def test_bad_config_rejected():
 
 @pytest.mark.parametrize("arch", ["coordinate", "tensor"])
 def test_param_scale_feature_reads_the_parameter_values(arch):
-    cfg = LSTMConfig(arch=arch, hidden=4, out_init_std=0.5, features=ALL_FEATURES)
+    cfg = LSTMConfig(arch=arch, hidden=4, out_init_std=0.5, features=ALL_FEATURES[:4])
     net = LSTMOptimizerNet(cfg)
     g = torch.randn(50, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="param_scale"):
@@ -95,6 +98,22 @@ def test_param_scale_feature_reads_the_parameter_values(arch):
     small, _, _ = net.step(g, init_state(cfg, [50]), lr=1.0, params=torch.full((50,), 1e-3))
     large, _, _ = net.step(g, init_state(cfg, [50]), lr=1.0, params=torch.full((50,), 10.0))
     assert not torch.allclose(small, large)  # same gradient, different weights: a different step
+
+
+@pytest.mark.parametrize("arch", ["coordinate", "tensor"])
+def test_progress_feature_reads_the_fraction_of_the_planned_steps(arch):
+    cfg = LSTMConfig(arch=arch, hidden=4, out_init_std=0.5, features=["grad_logsign", "progress"])
+    net = LSTMOptimizerNet(cfg)
+    g = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="progress"):
+        net.step(g, init_state(cfg, [50]), lr=1.0)
+    state = {**init_state(cfg, [50]), "t": 9}  # the 10th step
+    early, _, _ = net.step(g, state, lr=1.0, horizon=1000)
+    late, _, _ = net.step(g, state, lr=1.0, horizon=10)
+    assert not torch.allclose(early, late)  # same gradient and history, another point of the run
+    beyond, _, _ = net.step(g, state, lr=1.0, horizon=5)  # past the plan: clamped to 1, like the last step
+    torch.testing.assert_close(beyond, late)
+    assert training_progress(cfg, 10, 1000, g).item() == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize("arch,output", [("coordinate", "direct"), ("coordinate", "adam_correction"),

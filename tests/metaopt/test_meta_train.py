@@ -17,7 +17,8 @@ def _rows(run_dir):
 
 @pytest.mark.parametrize("arch,extra", [("coordinate", []), ("tensor", []),
                                         ("tensor", ["--features", "grad_logsign,adam_grad,momenta,param_scale"]),
-                                        ("coordinate", ["--output", "adam_correction", "--no-odd"])])
+                                        ("coordinate", ["--output", "adam_correction", "--no-odd"]),
+                                        ("coordinate", ["--features", "grad_logsign,adam_grad,momenta,progress"])])
 def test_smoke_run_and_resume(tmp_path, arch, extra):
     run = tmp_path / "run"
     main(TINY + extra + ["--arch", arch, "--meta-steps", "4", "--run-dir", str(run)])
@@ -30,7 +31,7 @@ def test_smoke_run_and_resume(tmp_path, arch, extra):
     assert blob["meta"]["meta_step"] in (3, 4) and net.cfg.arch == arch
     assert net.cfg.odd == ("--no-odd" not in extra)  # the default (configs/meta/default.yaml) is odd
     model = torch.nn.Linear(3, 1)
-    LSTMOptimizer(model.parameters(), lopt=run / "lopt.pt")  # the product loads as an optimizer
+    LSTMOptimizer(model.parameters(), lopt=run / "lopt.pt", horizon=10)  # the product loads as an optimizer
 
     before = torch.load(run / "checkpoint.pt", weights_only=False)["net"]
     main(TINY + extra + ["--arch", arch, "--meta-steps", "7", "--run-dir", str(run), "--resume"])

@@ -216,3 +216,20 @@ def test_pretrained_file_is_small_and_valid(name):
     assert path.stat().st_size < 5_000_000
     net, blob = load_lopt(path)
     assert blob["meta"], "the shipped file records its provenance"
+
+
+def test_an_optimizer_reading_training_progress_needs_and_keeps_the_planned_steps(tmp_path):
+    net = LSTMOptimizerNet(LSTMConfig(features=["grad_logsign", "progress"], output="direct", odd=True))
+    save_lopt(net, tmp_path / "p.pt", lr=1e-3)
+    with pytest.raises(UserError, match="planned number of steps"):
+        LSTMOptimizer(_model().parameters(), lopt=tmp_path / "p.pt")
+    opt = make_optimizer("lstm", _model().parameters(), {"lopt": str(tmp_path / "p.pt"), "steps": 50})
+    assert opt.param_groups[0]["horizon"] == 50  # codec.train's --steps
+    model = _model()
+    opt = LSTMOptimizer(model.parameters(), lopt=tmp_path / "p.pt", horizon=50)
+    _train(model, opt, 3)
+    state = copy.deepcopy(opt.state_dict())
+    longer = LSTMOptimizer(model.parameters(), lopt=tmp_path / "p.pt", horizon=500)
+    longer.load_state_dict(state)  # a resumed run with a new plan reads the new plan
+    assert longer.param_groups[0]["horizon"] == 500
+    _train(model, longer, 1, start=3)
