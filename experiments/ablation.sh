@@ -34,6 +34,7 @@ declare -A VARIANTS=(
   [tensor-beta1-odd]="--arch tensor --output adam_correction --beta 1.0 --odd"  # tensor-beta1 without its drift
   [direct-output-odd-trained]="--arch coordinate --output direct --odd"  # the meta-training default since then
   [progress]="--arch coordinate --output direct --odd --features grad_logsign,adam_grad,momenta,progress"  # + t/T
+  [pes]="--arch coordinate --output direct --odd --meta-gradient pes"  # the default with PES meta-gradients
 )
 ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor tensor-alpha0.5"}
 FIRST=${FIRST:-coordinate}  # the variant whose compare holds the tuned-Adam runs

@@ -7,6 +7,9 @@ Truncated meta-training (Andrychowicz 2016; Wichrowska 2017; Lv 2017; Harrison 2
   * horizons are log-uniform between `horizon_min` and a maximum that grows over `curriculum_steps`
     (a curriculum with a heavy tail of long runs); each task's loss is scaled by a random factor so the
     optimizer cannot rely on the loss scale;
+  * the meta-gradient of a truncation is backpropagated through it (`meta_gradient: bptt`, the default), or
+    estimated by persistent evolution strategies over antithetic particles (`pes`, metaopt/pes.py), which is
+    unbiased for the whole inner run where BPTT sees only its truncation;
   * meta-optimizer Adam with gradient-norm clipping; a non-finite meta-loss or meta-gradient skips the
     step (counted as `skipped`) — NaN never reaches the weights or a checkpoint;
   * every `val_every` meta-steps: held-out tasks (test images, unseen seeds) trained for `val_steps`,
@@ -29,6 +32,7 @@ from metaopt.errors import UserError, cli_entry
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
 from metaopt.memory import pin_mmap_threshold
 from metaopt.optim import LSTMOptimizer, lopt_blob
+from metaopt.pes import Particles, pes_step, start_particles
 from metaopt.tracking import Run
 from metaopt.unroll import TaskState, start_task, unroll
 
@@ -104,7 +108,8 @@ def new_task_state(family, net, rng: random.Random, meta_step: int, task_index: 
     task.to(device)
     scale = math.exp(rng.uniform(-math.log(cfg["loss_scale"]), math.log(cfg["loss_scale"]))) \
         if cfg["loss_scale"] > 1 else 1.0
-    return start_task(task, net, sample_horizon(rng, meta_step, cfg), scale)
+    ts = start_task(task, net, sample_horizon(rng, meta_step, cfg), scale)
+    return start_particles(ts, cfg["pes_pairs"], net) if cfg["meta_gradient"] == "pes" else ts
 
 
 # The in-flight inner run is checkpointed too (the meta-training codecs are small), so --resume continues
@@ -112,11 +117,21 @@ def new_task_state(family, net, rng: random.Random, meta_step: int, task_index: 
 TASK_FIELDS = ("params", "opt_state", "aux_state", "step", "horizon", "init_loss", "loss_scale")
 
 
-def task_state_dict(ts: TaskState, task_index: int) -> dict:
+def task_state_dict(ts: TaskState | Particles, task_index: int) -> dict:
+    if isinstance(ts, Particles):  # PES: every particle's inner run, and the noise each has accumulated
+        return {"task_index": task_index, "xi": ts.xi, "particles": [task_state_dict(s, task_index) for s in ts.states]}
     return {"task_index": task_index, **{k: getattr(ts, k) for k in TASK_FIELDS}}
 
 
-def restore_task_state(saved: dict, family, cfg: dict, device) -> TaskState:
+def restore_task_state(saved: dict, family, cfg: dict, device) -> TaskState | Particles:
+    if ("particles" in saved) != (cfg["meta_gradient"] == "pes"):
+        raise UserError(f"the checkpoint's in-flight task was run with another meta_gradient than {cfg['meta_gradient']}")
+    if "particles" in saved:
+        return Particles([_restore_one(s, family, cfg, device) for s in saved["particles"]], saved["xi"].to(device))
+    return _restore_one(saved, family, cfg, device)
+
+
+def _restore_one(saved: dict, family, cfg: dict, device) -> TaskState:
     task = family.sample(task_seed(saved["task_index"], cfg), "train")
     task.to(device)
     move = lambda x: x.to(device) if torch.is_tensor(x) else x  # noqa: E731
@@ -138,6 +153,10 @@ def main(argv=None):
         raise UserError("device cuda requested but CUDA is not available")
     if cfg["meta_loss"] not in ("log", "mean"):
         raise UserError(f"meta_loss must be log or mean, got {cfg['meta_loss']!r}")
+    if cfg["meta_gradient"] not in ("bptt", "pes"):
+        raise UserError(f"meta_gradient must be bptt or pes, got {cfg['meta_gradient']!r}")
+    if cfg["meta_gradient"] == "pes" and not (cfg["pes_pairs"] >= 1 and cfg["pes_sigma"] > 0):
+        raise UserError("pes needs pes_pairs >= 1 and pes_sigma > 0")
     run_dir = cfg["run_dir"]
     seed_everything(cfg["seed"])
     family = build_family(cfg)
@@ -178,12 +197,22 @@ def main(argv=None):
 
     bar = tqdm(range(start, cfg["meta_steps"]), initial=start, total=cfg["meta_steps"], desc="meta-train")
     for step in bar:
-        meta_loss, next_ts, stats = unroll(net, ts, cfg["unroll"], cfg["lr"], cfg["meta_loss"], cfg["second_order"],
-                                           cfg["correction_penalty"], cfg["chunk_size"])
+        if cfg["meta_gradient"] == "pes":  # seeded by the step: a resumed run draws the same noise
+            estimate, loss_value, next_ts, stats = pes_step(net, ts, cfg["unroll"], cfg["lr"], cfg["pes_sigma"],
+                                                            cfg["seed"] * 1_000_003 + step, cfg["meta_loss"],
+                                                            cfg["correction_penalty"], cfg["chunk_size"])
+            meta_loss = torch.tensor(loss_value)
+        else:
+            meta_loss, next_ts, stats = unroll(net, ts, cfg["unroll"], cfg["lr"], cfg["meta_loss"],
+                                               cfg["second_order"], cfg["correction_penalty"], cfg["chunk_size"])
         meta_opt.zero_grad(set_to_none=True)
         ok = stats["finite"] and torch.isfinite(meta_loss).item()
         if ok:
-            meta_loss.backward()
+            if cfg["meta_gradient"] == "pes":
+                for p, g in zip(net.parameters(), estimate.split([p.numel() for p in net.parameters()])):
+                    p.grad = g.view_as(p).clone()
+            else:
+                meta_loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["meta_clip"])
             ok = torch.isfinite(grad_norm).item()
         if ok:

@@ -18,7 +18,8 @@ def _rows(run_dir):
 @pytest.mark.parametrize("arch,extra", [("coordinate", []), ("tensor", []),
                                         ("tensor", ["--features", "grad_logsign,adam_grad,momenta,param_scale"]),
                                         ("coordinate", ["--output", "adam_correction", "--no-odd"]),
-                                        ("coordinate", ["--features", "grad_logsign,adam_grad,momenta,progress"])])
+                                        ("coordinate", ["--features", "grad_logsign,adam_grad,momenta,progress"]),
+                                        ("coordinate", ["--meta-gradient", "pes", "--pes-pairs", "2"])])
 def test_smoke_run_and_resume(tmp_path, arch, extra):
     run = tmp_path / "run"
     main(TINY + extra + ["--arch", arch, "--meta-steps", "4", "--run-dir", str(run)])
@@ -39,6 +40,19 @@ def test_smoke_run_and_resume(tmp_path, arch, extra):
     assert after["meta_step"] == 7
     assert any(not torch.equal(before[k], after["net"][k]) for k in before)
     assert [r["step"] for r in _rows(run) if "meta_loss" in r] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_pes_resume_equals_an_uninterrupted_run(tmp_path):
+    """Every particle's inner run and accumulated noise are checkpointed; the noise is seeded by the meta-step."""
+    args = TINY + ["--meta-gradient", "pes", "--pes-pairs", "2", "--checkpoint-every", "1"]
+    main(args + ["--meta-steps", "5", "--run-dir", str(tmp_path / "full")])
+    main(args + ["--meta-steps", "2", "--run-dir", str(tmp_path / "part")])  # stops inside a task (horizon >= 6)
+    main(args + ["--meta-steps", "5", "--run-dir", str(tmp_path / "part"), "--resume"])
+    full, part = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("full", "part"))
+    assert all(torch.equal(full["net"][k], part["net"][k]) for k in full["net"])
+    assert torch.equal(full["task"]["xi"], part["task"]["xi"])
+    with pytest.raises(SystemExit):  # the in-flight task is PES particles: a BPTT resume is refused in one line
+        main(TINY + ["--meta-steps", "6", "--run-dir", str(tmp_path / "part"), "--resume"])
 
 
 def test_non_finite_inner_run_is_skipped_never_saved(tmp_path):
