@@ -125,7 +125,8 @@ def task_state_dict(ts: TaskState | Particles, task_index: int) -> dict:
 
 def restore_task_state(saved: dict, family, cfg: dict, device) -> TaskState | Particles:
     if ("particles" in saved) != (cfg["meta_gradient"] == "pes"):
-        raise UserError(f"the checkpoint's in-flight task was run with another meta_gradient than {cfg['meta_gradient']}")
+        raise UserError("the checkpoint's in-flight task was run with another meta_gradient than "
+                        f"{cfg['meta_gradient']}")
     if "particles" in saved:
         return Particles([_restore_one(s, family, cfg, device) for s in saved["particles"]], saved["xi"].to(device))
     return _restore_one(saved, family, cfg, device)

@@ -69,9 +69,10 @@ class LSTMOptimizer(torch.optim.Optimizer):
     LSTMOptimizer(model.parameters(), lopt=None|path|blob, lr=None, chunk_size=2**20, compile=False, horizon=None)
 
     `lr` is the nominal (Adam) step size of the `adam_correction` output; None = the one it was meta-trained
-    with. `horizon` is the planned number of steps, which an optimizer with the "progress" feature needs (it
-    reads t / horizon); the constructor's value holds after `load_state_dict` too. `compile` uses the torch.compile'd step (`metaopt.fused`); if compiling fails (e.g. no C++
-    compiler) it warns once and keeps the eager step. Parameters whose `.grad` is None at a step are not
+    with. `horizon` is the planned number of steps, which an optimizer with the "progress" feature needs
+    (it reads t / horizon); the constructor's value holds after `load_state_dict` too. `compile` uses the
+    torch.compile'd step (`metaopt.fused`); if compiling fails (e.g. no C++ compiler) it warns once and keeps
+    the eager step. Parameters whose `.grad` is None at a step are not
     moved (their coordinates still see a zero gradient, as the flat state covers the whole group). The whole
     group's state lives, flat, in `self.state[first param of the group]`, so the stock `state_dict` /
     `load_state_dict` save and restore it; the network weights are saved alongside under "lopt" so a checkpoint

@@ -40,4 +40,5 @@ def test_list_flags_take_commas_or_yaml_flow_syntax():
                         "[bmshj2018-hyperprior]"], "meta/default.yaml", "t")
     assert cfg["sizes"] == [[8, 12], [16, 24]] and cfg["momentum_betas"] == [0.5, 0.9]
     assert cfg["models"] == ["bmshj2018-hyperprior"]
-    assert parse_config(["--momentum-betas", "[1e-3, 2e-3]"], "meta/default.yaml", "t")["momentum_betas"] == [1e-3, 2e-3]
+    yaml_floats = parse_config(["--momentum-betas", "[1e-3, 2e-3]"], "meta/default.yaml", "t")["momentum_betas"]
+    assert yaml_floats == [1e-3, 2e-3]  # YAML 1.1 would read these as strings
