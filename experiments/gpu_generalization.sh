@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The two slow columns of the README Ablation table on one GPU, side by side (~9 min on an H200; ~4 h on this
+# CPU): the 100x-horizon runs (long_runs.sh's codec.train on compare's held-out task, 10 000 steps, every seed
+# at once, guarded) and the larger-codec compare (hyperprior-deep N=128 M=192, 500 steps, Adam tuned on its grid;
+# the LSTM at its meta-trained step and tuned on LARGE_LSTM_LRS).
+#   LOPT=runs/ablation/meta-X/lopt.pt LR=1e-3 OUT=runs/gpu-gen bash experiments/gpu_generalization.sh
+#   env: SEEDS="0 1 2 3 4" STEPS=10000 LIMIT=520 (seconds for each part) LARGE_LSTM_LRS=1e-4,3e-4,1e-3 DEVICE
+# What comes back from a remote machine is $OUT/results.tgz (every run's metrics.jsonl, the compare's report and
+# summary) and $OUT/gpu_generalization.log; checkpoints stay behind.
+set -u
+: "${LOPT:?set LOPT (a lopt.pt)}" "${OUT:?set OUT}"
+SEEDS=${SEEDS:-"0 1 2 3 4"}
+STEPS=${STEPS:-10000}
+LIMIT=${LIMIT:-520}
+WORK=${WORK:-/tmp/gpu-generalization}
+DEVICE=${DEVICE:-cuda}  # cpu: a smoke test of this script
+PY=${PY:-python3}
+export WANDB_MODE=disabled PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$WORK"
+LOG="$OUT/gpu_generalization.log"
+lr_args=(); [ -n "${LR:-}" ] && lr_args=(--lr "$LR")
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >"$LOG" 2>&1
+
+for seed in $SEEDS; do
+  timeout "$LIMIT" "$PY" -m codec.train --device "$DEVICE" --optimizer lstm --lopt "$LOPT" "${lr_args[@]}" \
+    --steps "$STEPS" --seed "$seed" --log-every 50 --val-every "$STEPS" --eval-at-end false --threads 1 \
+    --spike-guard 10 --lopt-compile false --checkpoint-every 1000000 --run-dir "$WORK/long-s$seed" \
+    >"$WORK/long-s$seed.log" 2>&1 &
+done
+# shellcheck disable=SC2086  # the LSTM's grid is one comma-separated flag value
+timeout "$LIMIT" "$PY" -m metaopt.compare --device "$DEVICE" --N 128 --M 192 --steps 500 --batch-size 4 \
+  --adam-lrs 3e-5,1e-4,3e-4,1e-3,3e-3 --lstm-lrs "${LARGE_LSTM_LRS:-1e-4,3e-4,1e-3}" --tune-seeds 1000 --seeds 3 \
+  --spike-guard 0 --threads 1 --workers 3 --lopt "$LOPT" --lopt-compile false --run-dir "$WORK/large-codec" \
+  >"$WORK/large-codec.log" 2>&1 &
+wait
+
+"$PY" - "$WORK" $SEEDS >>"$LOG" 2>&1 <<'PY'
+import json, math, sys
+work, seeds = sys.argv[1], sys.argv[2:]
+for s in seeds:
+    try:
+        rows = [json.loads(line) for line in open(f"{work}/long-s{s}/metrics.jsonl")]
+    except (OSError, ValueError) as e:
+        print(f"long-s{s}: no metrics ({e})")
+        continue
+    loss = [r["loss"] if isinstance(r["loss"], (int, float)) else math.inf for r in rows]
+    late = [b / a for a, b in zip(loss[3:], loss[4:]) if a > 0]  # logged windows after step 200
+    print(f"long-s{s}: step {rows[-1]['step']}, final loss {loss[-1]:.3f}, worst {max(loss):.3g}, worst window "
+          f"ratio after step 200 {max(late, default=math.nan):.2f}, rollbacks {rows[-1].get('rollbacks', 0)}, "
+          f"{rows[-1]['wall_time']:.0f} s{', STOPPED AS DIVERGED' if any(r.get('stopped_diverged') for r in rows) else ''}")
+PY
+for f in "$WORK"/*.log; do echo "== $f: $(tail -c 300 "$f" | tr "\r" "\n" | tail -n 2)"; done >>"$LOG" 2>&1
+(cd "$WORK" && tar czf - --exclude='*.pt' --exclude=wandb -- */metrics.jsonl */config.yaml large-codec/report.md \
+  large-codec/summary.json large-codec/*/*/metrics.jsonl *.log 2>/dev/null) >"$OUT/results.tgz"
+cat "$LOG"
