@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The two slow columns of the README Ablation table on one GPU, side by side (~9 min on an H200; ~4 h on this
 # CPU): the 100x-horizon runs (long_runs.sh's codec.train on compare's held-out task, 10 000 steps, every seed
-# at once, guarded) and the larger-codec compare (hyperprior-deep N=128 M=192, 500 steps, Adam tuned on its grid;
-# the LSTM at its meta-trained step and tuned on LARGE_LSTM_LRS).
+# at once, guarded) and the larger-codec compare (hyperprior-deep N=128 M=192, 500 steps, Adam tuned on its grid,
+# the LSTM's step tuned the same way on LARGE_LSTM_LRS).
 #   LOPT=runs/ablation/meta-X/lopt.pt LR=1e-3 OUT=runs/gpu-gen bash experiments/gpu_generalization.sh
-#   env: SEEDS="0 1 2 3 4" STEPS=10000 LIMIT=520 (seconds for each part) LARGE_LSTM_LRS=1e-4,3e-4,1e-3 DEVICE
+#   env: SEEDS="0 1 2 3 4" STEPS=10000 LIMIT=520 (seconds for each part) LARGE_LSTM_LRS=1e-4,3e-4,1e-3
+#        WORKERS=3 (the compare's runs at once) DEVICE=cuda PY=python3
 # What comes back from a remote machine is $OUT/results.tgz (every run's metrics.jsonl, the compare's report and
 # summary) and $OUT/gpu_generalization.log; checkpoints stay behind.
 set -u
@@ -30,7 +31,8 @@ done
 # shellcheck disable=SC2086  # the LSTM's grid is one comma-separated flag value
 timeout "$LIMIT" "$PY" -m metaopt.compare --device "$DEVICE" --N 128 --M 192 --steps 500 --batch-size 4 \
   --adam-lrs 3e-5,1e-4,3e-4,1e-3,3e-3 --lstm-lrs "${LARGE_LSTM_LRS:-1e-4,3e-4,1e-3}" --tune-seeds 1000 --seeds 3 \
-  --spike-guard 0 --threads 1 --workers 3 --lopt "$LOPT" --lopt-compile false --run-dir "$WORK/large-codec" \
+  --spike-guard 0 --threads 1 --workers "${WORKERS:-3}" --lopt "$LOPT" --lopt-compile false \
+  --run-dir "$WORK/large-codec" \
   >"$WORK/large-codec.log" 2>&1 &
 wait
 
@@ -45,9 +47,10 @@ for s in seeds:
         continue
     loss = [r["loss"] if isinstance(r["loss"], (int, float)) else math.inf for r in rows]
     late = [b / a for a, b in zip(loss[3:], loss[4:]) if a > 0]  # logged windows after step 200
+    stopped = any(r.get("stopped_diverged") for r in rows)
     print(f"long-s{s}: step {rows[-1]['step']}, final loss {loss[-1]:.3f}, worst {max(loss):.3g}, worst window "
           f"ratio after step 200 {max(late, default=math.nan):.2f}, rollbacks {rows[-1].get('rollbacks', 0)}, "
-          f"{rows[-1]['wall_time']:.0f} s{', STOPPED AS DIVERGED' if any(r.get('stopped_diverged') for r in rows) else ''}")
+          f"{rows[-1]['wall_time']:.0f} s{', STOPPED AS DIVERGED' if stopped else ''}")
 PY
 for f in "$WORK"/*.log; do echo "== $f: $(tail -c 300 "$f" | tr "\r" "\n" | tail -n 2)"; done >>"$LOG" 2>&1
 (cd "$WORK" && tar czf - --exclude='*.pt' --exclude=wandb -- */metrics.jsonl */config.yaml large-codec/report.md \
