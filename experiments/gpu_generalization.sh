@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The two slow columns of the README Ablation table on one GPU, side by side (~9 min on an H200; ~4 h on this
-# CPU): the 100x-horizon runs (long_runs.sh's codec.train on compare's held-out task, 10 000 steps, every seed
-# at once, guarded) and the larger-codec compare (hyperprior-deep N=128 M=192, 500 steps, Adam tuned on its grid,
+# The two slow columns of the README Ablation table on one GPU, side by side (an H200 ran ~10 steps/s per long
+# run with two of these sharing it; the larger-codec compare alone took 3.3 min): the 100x-horizon runs
+# (long_runs.sh's codec.train on compare's held-out task, 10 000 steps, every seed at once, guarded) and the
+# larger-codec compare (hyperprior-deep N=128 M=192, 500 steps, Adam tuned on its grid,
 # the LSTM's step tuned the same way on LARGE_LSTM_LRS).
 #   LOPT=runs/ablation/meta-X/lopt.pt LR=1e-3 OUT=runs/gpu-gen bash experiments/gpu_generalization.sh
 #   env: SEEDS="0 1 2 3 4" STEPS=10000 LIMIT=520 (seconds for each part) LARGE_LSTM_LRS=1e-4,3e-4,1e-3
 #        WORKERS=3 (the compare's runs at once) DEVICE=cuda PY=python3
 # What comes back from a remote machine is $OUT/results.tgz (every run's metrics.jsonl, the compare's report and
-# summary) and $OUT/gpu_generalization.log; checkpoints stay behind.
+# summary) and $OUT/gpu_generalization.log; checkpoints stay behind (one per long run would be ~190 MB, too much
+# to bring back, and a fresh device machine could not resume from it anyway).
 set -u
 : "${LOPT:?set LOPT (a lopt.pt)}" "${OUT:?set OUT}"
 SEEDS=${SEEDS:-"0 1 2 3 4"}
