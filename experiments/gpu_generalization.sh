@@ -5,7 +5,7 @@
 # larger-codec compare (hyperprior-deep N=128 M=192, 500 steps, Adam tuned on its grid,
 # the LSTM's step tuned the same way on LARGE_LSTM_LRS).
 #   LOPT=runs/ablation/meta-X/lopt.pt LR=1e-3 OUT=runs/gpu-gen bash experiments/gpu_generalization.sh
-#   env: SEEDS="0 1 2 3 4" STEPS=10000 LIMIT=520 (seconds for each part) LARGE_LSTM_LRS=1e-4,3e-4,1e-3
+#   env: SEEDS="0 1 2 3 4" (" ": no long runs) STEPS=10000 LIMIT=520 (seconds for each part) LARGE_LSTM_LRS=1e-4,3e-4,1e-3
 #        WORKERS=3 (the compare's runs at once) DEVICE=cuda PY=python3
 # What comes back from a remote machine is $OUT/results.tgz (every run's metrics.jsonl, the compare's report and
 # summary) and $OUT/gpu_generalization.log; checkpoints stay behind (one per long run would be ~190 MB, too much
@@ -30,7 +30,6 @@ for seed in $SEEDS; do
     --spike-guard 10 --lopt-compile false --checkpoint-every 1000000 --run-dir "$WORK/long-s$seed" \
     >"$WORK/long-s$seed.log" 2>&1 &
 done
-# shellcheck disable=SC2086  # the LSTM's grid is one comma-separated flag value
 timeout "$LIMIT" "$PY" -m metaopt.compare --device "$DEVICE" --N 128 --M 192 --steps 500 --batch-size 4 \
   --adam-lrs 3e-5,1e-4,3e-4,1e-3,3e-3 --lstm-lrs "${LARGE_LSTM_LRS:-1e-4,3e-4,1e-3}" --tune-seeds 1000 --seeds 3 \
   --spike-guard 0 --threads 1 --workers "${WORKERS:-3}" --lopt "$LOPT" --lopt-compile false \
