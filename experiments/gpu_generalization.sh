@@ -5,8 +5,8 @@
 # larger-codec compare (hyperprior-deep N=128 M=192, 500 steps, Adam tuned on its grid,
 # the LSTM's step tuned the same way on LARGE_LSTM_LRS).
 #   LOPT=runs/ablation/meta-X/lopt.pt LR=1e-3 OUT=runs/gpu-gen bash experiments/gpu_generalization.sh
-#   env: SEEDS="0 1 2 3 4" (" ": no long runs) STEPS=10000 LIMIT=520 (seconds for each part) LARGE_LSTM_LRS=1e-4,3e-4,1e-3
-#        WORKERS=3 (the compare's runs at once) DEVICE=cuda PY=python3
+#   env: SEEDS="0 1 2 3 4" (" ": no long runs) STEPS=10000 LIMIT=520 (seconds for each part)
+#        LARGE_LSTM_LRS=1e-4,3e-4,1e-3 WORKERS=3 (the compare's runs at once) DEVICE=cuda PY=python3
 # What comes back from a remote machine is $OUT/results.tgz (every run's metrics.jsonl, the compare's report and
 # summary) and $OUT/gpu_generalization.log; checkpoints stay behind (one per long run would be ~190 MB, too much
 # to bring back, and a fresh device machine could not resume from it anyway).
