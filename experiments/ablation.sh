@@ -36,6 +36,7 @@ declare -A VARIANTS=(
   [progress]="--arch coordinate --output direct --odd --features grad_logsign,adam_grad,momenta,progress"  # + t/T
   [pes]="--arch coordinate --output direct --odd --meta-gradient pes"  # the default with PES meta-gradients
   [lr1e-3]="--arch coordinate --output direct --odd --lr 1e-3"  # meta-trained at the step tuning picks at 10x
+  [lr2e-3]="--arch coordinate --output direct --odd --lr 2e-3"  # above the 1.4e-3 that 10x tuning picks for lr1e-3
   [lr1e-3-h16]="--arch coordinate --output direct --odd --lr 1e-3 --hidden 16"  # the same, 2x the LSTM's width
 )
 ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor tensor-alpha0.5"}

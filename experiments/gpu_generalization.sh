@@ -37,22 +37,7 @@ timeout "$LIMIT" "$PY" -m metaopt.compare --device "$DEVICE" --N 128 --M 192 --s
   >"$WORK/large-codec.log" 2>&1 &
 wait
 
-"$PY" - "$WORK" $SEEDS >>"$LOG" 2>&1 <<'PY'
-import json, math, sys
-work, seeds = sys.argv[1], sys.argv[2:]
-for s in seeds:
-    try:
-        rows = [json.loads(line) for line in open(f"{work}/long-s{s}/metrics.jsonl")]
-    except (OSError, ValueError) as e:
-        print(f"long-s{s}: no metrics ({e})")
-        continue
-    loss = [r["loss"] if isinstance(r["loss"], (int, float)) else math.inf for r in rows]
-    late = [b / a for a, b in zip(loss[3:], loss[4:]) if a > 0]  # logged windows after step 200
-    stopped = any(r.get("stopped_diverged") for r in rows)
-    print(f"long-s{s}: step {rows[-1]['step']}, final loss {loss[-1]:.3f}, worst {max(loss):.3g}, worst window "
-          f"ratio after step 200 {max(late, default=math.nan):.2f}, rollbacks {rows[-1].get('rollbacks', 0)}, "
-          f"{rows[-1]['wall_time']:.0f} s{', STOPPED AS DIVERGED' if stopped else ''}")
-PY
+[ -n "${SEEDS// /}" ] && "$PY" experiments/summarize_long_runs.py "$WORK/long-s" $SEEDS >>"$LOG" 2>&1
 for f in "$WORK"/*.log; do echo "== $f: $(tail -c 300 "$f" | tr "\r" "\n" | tail -n 2)"; done >>"$LOG" 2>&1
 (cd "$WORK" && tar czf - --exclude='*.pt' --exclude=wandb -- */metrics.jsonl */config.yaml large-codec/report.md \
   large-codec/summary.json large-codec/*/*/metrics.jsonl *.log 2>/dev/null) >"$OUT/results.tgz"

@@ -4,7 +4,7 @@
 #   NAME=tensor-beta1 LOPT=runs/ablation/meta-tensor-beta1/lopt.pt bash experiments/long_runs.sh
 #   env: PY=.venv/bin/python SEEDS="0 1 2 3 4" PARALLEL=2 STEPS=10000 OUT=runs/ablation GUARD=10 (0 = unguarded)
 #        LR=<nominal step> (default: the one in LOPT) COMPILE=true (the compiled step, metaopt/fused.py)
-# Prints each run's final and worst logged loss and its rollback count.
+# Prints one summary line per run (experiments/summarize_long_runs.py).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
@@ -33,13 +33,4 @@ for seed in $SEEDS; do
 done
 wait
 
-$PY - "$OUT" "$tag" $SEEDS <<'PY'
-import json, math, sys
-out, tag, seeds = sys.argv[1], sys.argv[2], sys.argv[3:]
-for s in seeds:
-    rows = [json.loads(line) for line in open(f"{out}/{tag}-s{s}/metrics.jsonl")]
-    loss = [r["loss"] if isinstance(r["loss"], (int, float)) else math.inf for r in rows]
-    stopped = any(r.get("stopped_diverged") for r in rows)
-    print(f"{tag}-s{s}: step {rows[-1]['step']}, final loss {loss[-1]:.3f}, worst {max(loss):.3g}, "
-          f"rollbacks {rows[-1].get('rollbacks', 0)}{', STOPPED AS DIVERGED' if stopped else ''}")
-PY
+$PY experiments/summarize_long_runs.py "$OUT/$tag-s" $SEEDS
