@@ -16,12 +16,14 @@ SEEDS=${SEEDS:-5}
 OUT=${OUT:-runs/ablation}
 META_OUT=${META_OUT:-$OUT}
 
-# Every variant names its arch and output, so the table keeps its meaning whichever is the default
+# Every variant names its arch, output and step, so the table keeps its meaning whichever is the default
 # (configs/meta/default.yaml); all features and loss scaling are the defaults.
-B="--output adam_correction --no-odd"  # the bounded output (the default before the odd direct output)
+B="--output adam_correction --no-odd --lr 5e-4"  # the bounded output (the default before the odd direct output)
+D="--arch coordinate --output direct"  # the Andrychowicz output
+O="$D --odd --lr 5e-4"  # made odd: the meta-training default
 declare -A VARIANTS=(
   [coordinate]="--arch coordinate $B"
-  [direct-output]="--arch coordinate --output direct --no-odd"
+  [direct-output]="$D --no-odd --lr 5e-4"
   [no-momenta]="--arch coordinate $B --features grad_logsign,adam_grad"
   [no-loss-scaling]="--arch coordinate $B --loss-scale 1"
   [tensor]="--arch tensor $B"
@@ -29,15 +31,15 @@ declare -A VARIANTS=(
   [tensor-h300]="--arch tensor $B --horizon-max 300 --val-steps 900"  # README: stopped at meta-step 500, not in ORDER
   [tensor-beta1]="--arch tensor $B --beta 1.0"  # the bounded direct term as large as the nominal step
   [tensor-unroll20]="--arch tensor $B --unroll 20 --meta-steps 400 --curriculum-steps 200"  # less greedy truncations
-  [tensor-direct]="--arch tensor --output direct --no-odd"
+  [tensor-direct]="--arch tensor --output direct --no-odd --lr 5e-4"
   [tensor-param-scale]="--arch tensor $B --features grad_logsign,adam_grad,momenta,param_scale"
-  [tensor-beta1-odd]="--arch tensor --output adam_correction --beta 1.0 --odd"  # tensor-beta1 without its drift
-  [direct-output-odd-trained]="--arch coordinate --output direct --odd"  # the meta-training default since then
-  [progress]="--arch coordinate --output direct --odd --features grad_logsign,adam_grad,momenta,progress"  # + t/T
-  [pes]="--arch coordinate --output direct --odd --meta-gradient pes"  # the default with PES meta-gradients
-  [lr1e-3]="--arch coordinate --output direct --odd --lr 1e-3"  # meta-trained at the step tuning picks at 10x
-  [lr2e-3]="--arch coordinate --output direct --odd --lr 2e-3"  # above the 1.4e-3 that 10x tuning picks for lr1e-3
-  [lr1e-3-h16]="--arch coordinate --output direct --odd --lr 1e-3 --hidden 16"  # the same, 2x the LSTM's width
+  [tensor-beta1-odd]="--arch tensor --output adam_correction --beta 1.0 --odd --lr 5e-4"  # tensor-beta1, no drift
+  [direct-output-odd-trained]="$O"  # the meta-training default
+  [progress]="$O --features grad_logsign,adam_grad,momenta,progress"  # + t/T
+  [pes]="$O --meta-gradient pes"  # with PES meta-gradients
+  [lr1e-3]="$D --odd --lr 1e-3"  # meta-trained at the step 10x tuning picks for the odd 5e-4 one
+  [lr2e-3]="$D --odd --lr 2e-3"  # above the 1.4e-3 that 10x tuning picks for lr1e-3
+  [lr1e-3-h16]="$D --odd --lr 1e-3 --hidden 16"  # lr1e-3 with 2x the LSTM's width
 )
 ORDER=${ORDER:-"coordinate direct-output no-momenta no-loss-scaling tensor tensor-alpha0.5"}
 FIRST=${FIRST:-coordinate}  # the variant whose compare holds the tuned-Adam runs
