@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The two slow columns of the README Ablation table on one GPU, side by side (an H200 ran ~10 steps/s per long
-# run with two of these sharing it; the larger-codec compare alone took 3.3 min): the 100x-horizon runs
+# The two slow columns of the README Ablation table on one GPU, side by side (~8.5 min on an H200: each long
+# run made ~21 steps/s beside the compare, ~10 steps/s with two of these scripts sharing it): the 100x-horizon runs
 # (long_runs.sh's codec.train on compare's held-out task, 10 000 steps, every seed at once, guarded) and the
 # larger-codec compare (hyperprior-deep N=128 M=192, 500 steps, Adam tuned on its grid,
 # the LSTM's step tuned the same way on LARGE_LSTM_LRS).

@@ -36,8 +36,8 @@ its 60-step horizon and exploded far beyond it):
   near zero it *is* Adam. Measured: 0.73x (tensor) / 1.07x (coordinate) LR-tuned Adam's steps, no divergence.
   ``direct`` (Andrychowicz 2016): update = -lr * out. Measured (README "Ablation"): 0.45x tuned Adam's steps
   to its final loss at 10x the meta-training horizon, then overflow at 11-20x in both longer runs: the
-  failure mode above, postponed rather than removed by the stationary inputs. Made ``odd`` (below) it is the
-  shipped default lopt.pt: 0.74x, and 0 of 5 runs to 100x diverged.
+  failure mode above, postponed rather than removed by the stationary inputs. Made ``odd`` (below) and
+  meta-trained at the step 1e-3 it is the shipped default lopt.pt: 0 of 5 runs to 100x diverged.
 * ``odd`` (either output): the network also runs on the sign-flipped gradient history (-g, -m: exactly the odd
   features negated), with its own LSTM state; of the direct output only the part that flips with the gradient
   is kept, of the step-size output the part that does not (it multiplies the odd Adam direction):

@@ -56,11 +56,11 @@ def test_shipped_optimizer_trains_a_torch_model():
     model = _model()
     opt = make_optimizer("lstm", model.parameters(), {"lr": None, "lopt": None})
     assert isinstance(opt, LSTMOptimizer) and opt.blob["lr"] > 0
-    # Off its meta-training distribution (a toy MLP, not a codec): measured 0.475 -> 0.106 in 300 steps, where
-    # Adam at its nominal lr 5e-4 reaches 0.035 (the shipped lopt-tensor.pt: 0.015, lopt-bounded.pt: 0.048):
-    # the direct output's step is not Adam-normalised, so it carries over less well to a foreign model.
+    # Off its meta-training distribution (a toy MLP, not a codec): measured 0.471 -> 0.020 in 300 steps, where
+    # Adam reaches 0.035 at 5e-4 and 0.008 at lopt.pt's 1.4e-3 (lopt-lr5e-4.pt: 0.106, lopt-tensor.pt: 0.015,
+    # lopt-bounded.pt: 0.048).
     losses = _train(model, opt, 300)
-    assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:10]) / 10
+    assert sum(losses[-10:]) / 10 < 0.15 * sum(losses[:10]) / 10
 
 
 def test_state_dict_round_trip_gives_identical_updates(lopt_file, tmp_path):
@@ -210,7 +210,7 @@ def test_bad_lopt_on_the_command_line_is_one_line(tmp_path, lopt_file):
         assert len(lines) == 1 and lines[0].startswith("error:"), (what, r.stderr)
 
 
-@pytest.mark.parametrize("name", ["lopt.pt", "lopt-tensor.pt", "lopt-bounded.pt"])
+@pytest.mark.parametrize("name", ["lopt.pt", "lopt-lr5e-4.pt", "lopt-tensor.pt", "lopt-bounded.pt"])
 def test_pretrained_file_is_small_and_valid(name):
     path = PRETRAINED.parent / name
     assert path.stat().st_size < 5_000_000
