@@ -20,7 +20,7 @@ META_OUT=${META_OUT:-$OUT}
 # (configs/meta/default.yaml); all features and loss scaling are the defaults.
 B="--output adam_correction --no-odd --lr 5e-4"  # the bounded output (the default before the odd direct output)
 D="--arch coordinate --output direct"  # the Andrychowicz output
-O="$D --odd --lr 5e-4"  # made odd: the meta-training default
+O="$D --odd --lr 5e-4"  # made odd: the meta-training default until README Ablation (13)
 declare -A VARIANTS=(
   [coordinate]="--arch coordinate $B"
   [direct-output]="$D --no-odd --lr 5e-4"
@@ -34,10 +34,10 @@ declare -A VARIANTS=(
   [tensor-direct]="--arch tensor --output direct --no-odd --lr 5e-4"
   [tensor-param-scale]="--arch tensor $B --features grad_logsign,adam_grad,momenta,param_scale"
   [tensor-beta1-odd]="--arch tensor --output adam_correction --beta 1.0 --odd --lr 5e-4"  # tensor-beta1, no drift
-  [direct-output-odd-trained]="$O"  # the meta-training default
+  [direct-output-odd-trained]="$O"  # the meta-training default until (13)
   [progress]="$O --features grad_logsign,adam_grad,momenta,progress"  # + t/T
   [pes]="$O --meta-gradient pes"  # with PES meta-gradients
-  [lr1e-3]="$D --odd --lr 1e-3"  # meta-trained at the step 10x tuning picks for the odd 5e-4 one
+  [lr1e-3]="$D --odd --lr 1e-3"  # the meta-training default now; its second run is the shipped lopt.pt
   [lr2e-3]="$D --odd --lr 2e-3"  # above the 1.4e-3 that 10x tuning picks for lr1e-3
   [lr1e-3-h16]="$D --odd --lr 1e-3 --hidden 16"  # lr1e-3 with 2x the LSTM's width
 )
