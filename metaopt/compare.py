@@ -20,6 +20,7 @@ Parallel: `workers: K` trains K runs at once, each in its own process (the runs 
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -147,19 +148,27 @@ def run_one(run_dir: Path, codec_cfg: dict, group: str) -> dict:
     return row
 
 
-def run_all(jobs: list[tuple[Path, dict]], group: str, workers: int) -> dict[Path, dict]:
-    """`run_one` for every (run_dir, codec config); `workers` > 1 trains that many at once in child processes."""
-    if workers <= 1:
+def run_all(jobs: list[tuple[Path, dict]], group: str,
+            pool: ProcessPoolExecutor | None) -> dict[Path, dict]:
+    """`run_one` for every (run_dir, codec config): in this process, or that many at once in the `pool`."""
+    if pool is None:
         return {path: run_one(path, codec_cfg, group) for path, codec_cfg in jobs}
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(run_one, path, codec_cfg, group): path for path, codec_cfg in jobs}
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in done if f.exception() is not None]
-        if failed:
-            pool.shutdown(cancel_futures=True)
-            raise failed[0].exception()
-        return {futures[f]: f.result() for f in futures}
+    futures = {pool.submit(run_one, path, codec_cfg, group): path for path, codec_cfg in jobs}
+    done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    failed = [f for f in done if f.exception() is not None]
+    if failed:
+        pool.shutdown(cancel_futures=True)
+        raise failed[0].exception()
+    return {futures[f]: f.result() for f in futures}
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor | contextlib.nullcontext:
+    """`workers` > 1: one pool of child processes for the whole compare (tuning and reported runs), so that each
+    worker pays torch's import once; otherwise every run trains in this process."""
+    if workers <= 1:
+        return contextlib.nullcontext()
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_die_with_parent,
+                               initargs=(os.getpid(),))
 
 
 def _die_with_parent(parent: int) -> None:
@@ -191,18 +200,20 @@ def run_compare(cfg: dict, run_dir: Path) -> dict:
     grids = {"adam": cfg["adam_lrs"], **({"lstm": cfg["lstm_lrs"]} if cfg["lstm_lrs"] else {})}
     tune_jobs = [(run_dir / "tune" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}", codec_config(cfg, optimizer, lr, seed))
                  for optimizer, grid in grids.items() for lr in grid for seed in plan["tune_seeds"]]
-    tune_rows = run_all(tune_jobs, group, cfg["workers"])
-    tuned = {optimizer: tune_lr(cfg, plan, run_dir, optimizer, grid, tune_rows) for optimizer, grid in grids.items()}
+    with worker_pool(cfg["workers"]) as pool:
+        tune_rows = run_all(tune_jobs, group, pool)
+        tuned = {optimizer: tune_lr(cfg, plan, run_dir, optimizer, grid, tune_rows)
+                 for optimizer, grid in grids.items()}
 
-    runs: dict[str, dict[int, Path]] = {}
-    jobs = []
-    for optimizer in cfg["optimizers"]:
-        lr = tuned[optimizer][1] if optimizer in tuned else None
-        for seed in plan["seeds"]:
-            path = run_dir / "runs" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}"
-            jobs.append((path, codec_config(cfg, optimizer, lr, seed)))
-            runs.setdefault(optimizer, {})[seed] = path
-    run_all(jobs, group, cfg["workers"])
+        runs: dict[str, dict[int, Path]] = {}
+        jobs = []
+        for optimizer in cfg["optimizers"]:
+            lr = tuned[optimizer][1] if optimizer in tuned else None
+            for seed in plan["seeds"]:
+                path = run_dir / "runs" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}"
+                jobs.append((path, codec_config(cfg, optimizer, lr, seed)))
+                runs.setdefault(optimizer, {})[seed] = path
+        run_all(jobs, group, pool)
     summary = summarize(cfg, runs, tuned, meta_horizon(cfg))
     write_outputs(cfg, run_dir, summary, runs)
     return summary
