@@ -37,7 +37,9 @@ def main(argv=None):
         odd.load_state_dict(net.state_dict())
         net, meta["made_odd_from"] = odd, args.src
     if args.lr is not None:
-        meta["lr_meta_trained"], meta["lr_set_by"] = blob["lr"], "experiments/rewrite_lopt.py"
+        # a file rewritten before keeps the step it was meta-trained at, not the one stored last
+        meta.setdefault("lr_meta_trained", blob["lr"])
+        meta["lr_set_by"] = "experiments/rewrite_lopt.py"
     save_lopt(net, args.dst, lr=blob["lr"] if args.lr is None else args.lr, meta=meta)
     print(f"wrote {args.dst}")
 

@@ -150,7 +150,7 @@ def run_one(run_dir: Path, codec_cfg: dict, group: str) -> dict:
 
 def run_all(jobs: list[tuple[Path, dict]], group: str,
             pool: ProcessPoolExecutor | None) -> dict[Path, dict]:
-    """`run_one` for every (run_dir, codec config): in this process, or that many at once in the `pool`."""
+    """`run_one` for every (run_dir, codec config): in this process, or spread over the `pool`'s workers."""
     if pool is None:
         return {path: run_one(path, codec_cfg, group) for path, codec_cfg in jobs}
     futures = {pool.submit(run_one, path, codec_cfg, group): path for path, codec_cfg in jobs}
