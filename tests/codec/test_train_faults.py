@@ -26,8 +26,8 @@ def _strip(rows):
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, image_folder):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     # the uninterrupted reference trains alongside the killed runs (on the other core)
-    full = subprocess.Popen(_cmd(tmp_path / "full", image_folder), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    reference = subprocess.Popen(_cmd(tmp_path / "full", image_folder), env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
     rng = random.Random(0)
     run_dir, kills = tmp_path / "killed", 0
     for _ in range(3):
@@ -40,7 +40,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pat
         assert state["step"] % 3 == 0 or state["step"] == 30
     assert kills >= 1
     subprocess.run(_cmd(run_dir, image_folder, "--resume"), env=env, check=True, capture_output=True)
-    assert full.wait(timeout=300) == 0
+    assert reference.wait(timeout=300) == 0
     assert not list(run_dir.glob(".*.tmp"))  # no stray temporary checkpoint files
     assert _strip(read_metrics(run_dir / "metrics.jsonl")) == _strip(read_metrics(tmp_path / "full" / "metrics.jsonl"))
 

@@ -148,9 +148,9 @@ def test_kill_9_during_compare_then_resume_gives_the_uninterrupted_summary(tmp_p
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "metaopt.compare", "--data", str(image_folder), "--seeds", "2", "--steps", "12",
             "--adam-lrs", "1e-3,3e-3", "--tune-seeds", "1000", "--optimizers", "adam,sgd", *TINY]
-    reference_log = open(tmp_path / "full.log", "w")
-    reference = subprocess.Popen([*base, "--run-dir", str(tmp_path / "full")], env=env, stdout=reference_log,
-                                 stderr=subprocess.STDOUT)
+    with open(tmp_path / "full.log", "w") as log:  # the child keeps its own copy of the descriptor
+        reference = subprocess.Popen([*base, "--run-dir", str(tmp_path / "full")], env=env, stdout=log,
+                                     stderr=subprocess.STDOUT)
 
     def comparable(path):
         s = json.loads((path / "summary.json").read_text())

@@ -128,7 +128,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     cmd = lambda run, *extra: [sys.executable, "-m", "metaopt.meta_train", "--run-dir", str(run), *args, *extra]  # noqa: E731
     # the uninterrupted reference trains alongside the killed runs (on the other core)
-    full = subprocess.Popen(cmd(tmp_path / "full"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reference = subprocess.Popen(cmd(tmp_path / "full"), env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
     run, rng, kills = tmp_path / "killed", random.Random(0), 0
     for _ in range(3):
         extra = ["--resume"] if (run / "checkpoint.pt").exists() else []
@@ -137,7 +138,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
             torch.load(run / "checkpoint.pt", weights_only=False)  # never torn
     assert kills >= 1
     subprocess.run(cmd(run, "--resume"), env=env, check=True, capture_output=True)
-    assert full.wait(timeout=300) == 0
+    assert reference.wait(timeout=300) == 0
     assert _strip_times(read_metrics(run / "metrics.jsonl")) == _strip_times(read_metrics(tmp_path / "full" / "metrics.jsonl"))
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["net"]
     resumed = torch.load(run / "checkpoint.pt", weights_only=False)["net"]
