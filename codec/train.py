@@ -28,6 +28,19 @@ from metaopt.optimizers import OPTIMIZERS, make_optimizer
 from metaopt.tracking import Run
 
 CHECKPOINT_FORMAT = "codec-train-v1"
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(cfg: dict, step: int) -> float:
+    """The network optimizer's step-size multiplier before update `step + 1`: linear warmup, then the schedule.
+
+    Computed from the step counter rather than kept in a stateful LR scheduler: nothing to checkpoint, and a
+    guard rollback (which restores the optimizer's state, its lr included) cannot desync it.
+    """
+    factor = min(1.0, (step + 1) / cfg["warmup_steps"]) if cfg["warmup_steps"] else 1.0
+    if cfg["lr_schedule"] == "cosine":
+        factor *= 0.5 * (1 + math.cos(math.pi * step / cfg["steps"]))
+    return factor
 
 
 def check_config(cfg: dict) -> None:
@@ -47,6 +60,8 @@ def check_config(cfg: dict) -> None:
         raise UserError(f"lr must be a positive number (or null for the optimizer's default), got {cfg['lr']!r}")
     if not (isinstance(cfg["warmup_steps"], int) and cfg["warmup_steps"] >= 0):
         raise UserError(f"warmup_steps must be a non-negative integer, got {cfg['warmup_steps']!r}")
+    if cfg["lr_schedule"] not in LR_SCHEDULES:
+        raise UserError(f"unknown lr_schedule {cfg['lr_schedule']!r}; choose one of: {', '.join(LR_SCHEDULES)}")
     if not cfg["aux_lr"] > 0:
         raise UserError("aux_lr must be positive")
     if 0 < cfg["spike_guard"] <= 1:
@@ -190,11 +205,9 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
             streak = 0
             if cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(net_params, cfg["grad_clip"])
-            if cfg["warmup_steps"]:
-                # A linear ramp computed from the step counter, not a stateful LR scheduler: nothing to checkpoint,
-                # and a guard rollback (which restores the optimizer's state, its lr included) cannot desync it.
+            if cfg["warmup_steps"] or cfg["lr_schedule"] != "constant":
                 for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base_lr * min(1.0, (step + 1) / cfg["warmup_steps"])
+                    group["lr"] = base_lr * lr_factor(cfg, step)
             opt_start = time.perf_counter()
             optimizer.step()
             if device.type == "cuda":
