@@ -1,0 +1,62 @@
+"""docs/results.md is what `python -m studies.tables` generates from the committed raw results."""
+import json
+
+import pytest
+
+from studies import tables
+
+
+def test_docs_results_md_is_up_to_date():
+    tables.main(["--check"])  # exits 1 (with the command to run) if someone edited the data or the page alone
+
+
+def test_check_fails_on_a_stale_page(tmp_path, monkeypatch):
+    stale = tmp_path / "results.md"
+    stale.write_text("# Results\n\nhand-edited\n")
+    monkeypatch.setattr(tables, "OUT", stale)
+    with pytest.raises(SystemExit) as exit_info:
+        tables.main(["--check"])
+    assert exit_info.value.code == 1
+
+
+def test_long_run_row_from_a_tiny_metrics_file(tmp_path):
+    losses = [90.0, 30.0, 20.0, 10.0, 8.0, 12.0, 6.0]  # windows 4 -> 5 (8 -> 12) is the worst late jump: 1.5
+    rows = [{"step": 50 * (i + 1), "loss": v, "wall_time": 2.0 * (i + 1), "rollbacks": int(i >= 5)}
+            for i, v in enumerate(losses)]
+    row = tables.long_run_row(rows)
+    assert row["worst_late_ratio"] == pytest.approx(1.5)  # 90 -> 30 etc. are before step 200 and do not count
+    assert (row["step"], row["final_loss"], row["rollbacks"], row["wall_time"]) == (350, 6.0, 1, 14.0)
+    assert not row["diverged"]
+    assert tables.long_run_row(rows + [{"step": 400, "loss": "nan"}])["diverged"]
+
+
+def test_jpeg_psnr_is_interpolated_in_log_rate():
+    jpeg = {"results": {"bpp": [0.25, 1.0], "psnr-rgb": [24.0, 32.0]}}
+    assert tables.psnr_at_rate(jpeg, 0.5) == pytest.approx(28.0)  # halfway in log rate between 0.25 and 1.0
+    assert tables.psnr_at_rate(jpeg, 2.0) is None
+
+
+def test_compare_rows_from_a_summary_json():
+    summary = {"steps": 1000, "seeds": [100, 101], "tuned_adam_lr": 7e-4, "tuned_lstm_lr": 2e-3,
+               "optimizers": {"adam": {"divergences": 1}, "lstm": {"divergences": 0}},
+               "ratios_vs_adam": {"lstm": {"steps_to_target_ratio": 0.5, "wall_time_to_target_ratio": 1.2,
+                                           "loss_ratio_at": {"100": 0.9, "1000": 0.6}}}}
+    (row,) = tables.compare_rows_from_summary(json.loads(json.dumps(summary)))
+    assert (row["steps_ratio"], row["loss_ratio_at_T"], row["divergences"], row["lstm_lr"]) == (0.5, 0.6, "0 / 1", 2e-3)
+
+
+def test_real_photos_section_appears_with_its_folder(tmp_path):
+    assert tables.photos_section(tmp_path) == []
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "metrics.jsonl").write_text(json.dumps({"step": 8000, "loss": 1.5, "wall_time": 3600.0}) + "\n")
+    curve = lambda name, bpp, psnr: {"name": name, "description": "d",  # noqa: E731
+                                     "results": {"bpp": bpp, "psnr-rgb": psnr, "ms-ssim-rgb": [0.9] * len(bpp),
+                                                 "ms-ssim-rgb-db": [10.0 + i for i in range(len(bpp))]}}
+    ours = curve("ours", [0.25, 0.5], [30.0, 33.0])  # JPEG needs twice the bits for the same PSNR: BD-rate -50 %
+    ours["baselines"] = {"jpeg": curve("JPEG", [0.5, 1.0], [30.0, 33.0])}
+    (photos / "results.json").write_text(json.dumps(ours))
+    text = "\n".join(tables.photos_section(tmp_path))
+    assert "8000 steps in 60.0 min" in text
+    assert "| 0.500 | — | 33.0 | 0.900 | 30.0 | 3.00 |" in text  # JPEG at 0.5 bpp: 30 dB, ours 3 dB above
+    assert "-50.0 %" in text
