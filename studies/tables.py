@@ -259,8 +259,8 @@ def compares_section(results: Path) -> list[str]:
            "Ratios are the learned optimizer's over tuned Adam's: median steps and seconds to tuned Adam's final "
            "loss, and the loss at T. The historical compares under results/ablation/ were committed with their "
            "report.md but without summary.json, so their rows are read from the report; every compare committed "
-           "from now on ships its summary.json, which is read instead. [ablation.md](ablation.md) says what each one tested. "
-           "Seconds of runs that shared a CPU are noisy.", ""]
+           "from now on ships its summary.json, which is read instead. [ablation.md](ablation.md) says what each "
+           "one tested. Seconds of runs that shared a CPU are noisy.", ""]
     out += _table(["compare", "source", "T", "seeds", "Adam lr", "LSTM lr (tuned)", "steps ×", "seconds ×",
                    "loss × at T", "divergences (LSTM / Adam)"],
                   [[name if r["optimizer"] == "lstm" else f"{name}: {r['optimizer']}", source, r["steps"],
