@@ -177,8 +177,7 @@ def photos_section(results: Path) -> list[str]:
         return []
     out = ["## Real photos", ""]
     if (folder / "metrics.jsonl").is_file():
-        rows = _read_jsonl(folder / "metrics.jsonl")
-        last = rows[-1]
+        last = next(r for r in reversed(_read_jsonl(folder / "metrics.jsonl")) if "loss" in r and "wall_time" in r)
         out += [f"Training ([metrics](results/photos/metrics.jsonl)): {last['step']} steps in "
                 f"{_fmt(last['wall_time'] / 60)} min, final training loss {_fmt(last['loss'])}, "
                 f"{last.get('rollbacks', 0)} rollbacks.", ""]
