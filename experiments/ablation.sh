@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Learned-optimizer ablation (README "Ablation"): meta-train each variant with configs/meta/default.yaml plus
+# Learned-optimizer ablation (docs/ablation.md): meta-train each variant with configs/meta/default.yaml plus
 # its flags, then compare it with LR-tuned Adam on the held-out codec task of configs/compare/default.yaml.
 # Tuned Adam is run once, by the first variant of ORDER, and reused by every other: the same task, LR grid and
 # seeds, so only the learned optimizer differs. Prints a markdown table at the end.
 #   bash experiments/ablation.sh     # env: PY=.venv/bin/python SEEDS=5 OUT=runs/ablation ORDER="<variants>"
 #                                    #      COMPARE_ARGS="--threads 1" (extra metaopt.compare flags)
 #                                    #      META_OUT=DIR: take the meta-trained variants from DIR (default OUT)
-# The spike-guard rows of the README: the same optimizers, every run (Adam's tuning included) guarded:
+# The guarded rows of docs/ablation.md: the same optimizers, every run (Adam's tuning included) guarded:
 #   OUT=runs/ablation-guard10 META_OUT=runs/ablation COMPARE_ARGS="--spike-guard 10 --threads 1" FIRST=tensor \
 #     ORDER="tensor direct-output coordinate" bash experiments/ablation.sh
 # Two variants can run side by side (ORDER=... in two shells) once the first variant's compare exists.
@@ -20,7 +20,7 @@ META_OUT=${META_OUT:-$OUT}
 # (configs/meta/default.yaml); all features and loss scaling are the defaults.
 B="--output adam_correction --no-odd --lr 5e-4"  # the bounded output (the default before the odd direct output)
 D="--arch coordinate --output direct"  # the Andrychowicz output
-O="$D --odd --lr 5e-4"  # made odd: the meta-training default until README Ablation (13)
+O="$D --odd --lr 5e-4"  # made odd: the meta-training default until docs/ablation.md finding (13)
 declare -A VARIANTS=(
   [coordinate]="--arch coordinate $B"
   [direct-output]="$D --no-odd --lr 5e-4"
@@ -28,7 +28,7 @@ declare -A VARIANTS=(
   [no-loss-scaling]="--arch coordinate $B --loss-scale 1"
   [tensor]="--arch tensor $B"
   [tensor-alpha0.5]="--arch tensor $B --alpha 0.5"
-  [tensor-h300]="--arch tensor $B --horizon-max 300 --val-steps 900"  # README: stopped at meta-step 500, not in ORDER
+  [tensor-h300]="--arch tensor $B --horizon-max 300 --val-steps 900"  # docs/ablation.md: stopped at meta-step 500, not in ORDER
   [tensor-beta1]="--arch tensor $B --beta 1.0"  # the bounded direct term as large as the nominal step
   [tensor-unroll20]="--arch tensor $B --unroll 20 --meta-steps 400 --curriculum-steps 200"  # less greedy truncations
   [tensor-direct]="--arch tensor --output direct --no-odd --lr 5e-4"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two slow columns of the README Ablation table on one GPU, side by side (~8.5 min on an H200: each long
+# The two slow columns of docs/ablation.md on one GPU, side by side (~8.5 min on an H200: each long
 # run made ~21 steps/s beside the compare, ~10 steps/s with two of these scripts sharing it): the 100x-horizon runs
 # (long_runs.sh's codec.train on compare's held-out task, 10 000 steps, every seed at once, guarded) and the
 # larger-codec compare (hyperprior-deep N=128 M=192, 500 steps, Adam tuned on its grid,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README Ablation's "100x horizon" column: codec.train on compare's held-out task for 10 000 steps, one run
+# The "100x" column of docs/ablation.md: codec.train on compare's held-out task for 10 000 steps, one run
 # per seed, PARALLEL at a time (one torch thread each), resumable (a killed run continues from its checkpoint).
 #   NAME=tensor-beta1 LOPT=runs/ablation/meta-tensor-beta1/lopt.pt bash experiments/long_runs.sh
 #   env: PY=.venv/bin/python SEEDS="0 1 2 3 4" PARALLEL=2 STEPS=10000 OUT=runs/ablation GUARD=10 (0 = unguarded)
