@@ -1,4 +1,4 @@
-"""What the learned optimizer costs: `python -m metaopt.bench [--scale paper|cpu|both] [--key value ...]`.
+"""What the learned optimizer costs: `python -m studies.bench [--scale paper|cpu|both] [--key value ...]`.
 
 Prints one JSON object (and writes it to `--out`). Per codec scale (paper: bmshj2018-hyperprior N=128 M=192,
 8 crops of 256²; cpu: configs/codec/default.yaml's model and sizes):
@@ -38,15 +38,15 @@ from metaopt.checkpoint import seed_everything
 from metaopt.config import CONFIG_DIR, parse_config, read_yaml
 from metaopt.errors import UserError, cli_entry
 from metaopt.lstm import ARCHS, LSTMConfig, LSTMOptimizerNet
-from metaopt.memory import pin_mmap_threshold
+from metaopt.memory import pin_mmap_threshold, status_bytes
 from metaopt.meta_train import build_family, lstm_config
 from metaopt.optim import PRETRAINED, LSTMOptimizer, load_lopt, lopt_blob
 from metaopt.unroll import start_task, unroll
 
 MB = 2**20
 SCALES = ("paper", "cpu")
-STEP_GOAL = {"cpu": 1.10, "cuda": 1.05}  # issue #7: LSTM/Adam training-step time at paper scale
-FLAT_GOAL = 1.10    # issue #7: meta-training peak memory at 10x the horizon, relative to 1x
+STEP_GOAL = {"cpu": 1.10, "cuda": 1.05}  # the goal for LSTM/Adam training-step time at paper scale
+FLAT_GOAL = 1.10    # the goal for meta-training peak memory at 10x the horizon, relative to 1x
 
 
 # -- measuring ------------------------------------------------------------------------------------------
@@ -71,14 +71,6 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int, device: torch.devi
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 class PeakMemory:
     """Peak memory above the usage at entry, while the block runs (CUDA: allocated bytes; CPU: RSS)."""
 
@@ -93,18 +85,18 @@ class PeakMemory:
         else:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS: earlier peaks (imports, set-up) do not count
-            self.base = _status_bytes("VmRSS")
+            self.base = status_bytes("VmRSS")
         return self
 
     def __exit__(self, *exc) -> None:
         synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else _status_bytes("VmHWM")
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else status_bytes("VmHWM")
         self.peak_bytes = peak - self.base
 
 
 def run_probe(name: str, spec: dict) -> dict:
     """Run PROBES[name](spec) in a fresh interpreter (its own high-water mark) and return its result."""
-    code = ("import json, sys; from metaopt.bench import PROBES; "
+    code = ("import json, sys; from studies.bench import PROBES; "
             "print(json.dumps(PROBES[sys.argv[1]](json.loads(sys.argv[2]))))")
     proc = subprocess.run([sys.executable, "-c", code, name, json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode:

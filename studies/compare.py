@@ -1,4 +1,4 @@
-"""LSTM vs LR-tuned Adam: `python -m metaopt.compare [--lopt PATH] [--seeds N] [--steps T] ...`.
+"""LSTM vs LR-tuned Adam: `python -m studies.compare [--lopt PATH] [--seeds N] [--steps T] ...`.
 
 1. Tune Adam: one run per learning rate of the grid and tuning seed (`tune_seeds`, never reported; T steps);
    the LR with the lowest mean training loss over the last 10% of steps wins (`tune_on: val_loss` = the

@@ -1,0 +1,1 @@
+"""Studies that need both the learned-optimizer library (`metaopt`) and its codec application (`codec`)."""
