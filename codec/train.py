@@ -26,6 +26,7 @@ from metaopt.errors import UserError, cli_entry
 from metaopt.guard import SpikeGuard
 from metaopt.optimizers import OPTIMIZERS, make_optimizer
 from metaopt.tracking import Run
+from metaopt.training import aux_step, backward, clip_gradients
 
 CHECKPOINT_FORMAT = "codec-train-v1"
 LR_SCHEDULES = ("constant", "cosine")
@@ -185,9 +186,7 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     for x in progress:
         x = x.to(device, non_blocking=True)
         step_start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        terms = loss_fn(model(x), x)
-        terms["loss"].backward()
+        terms = backward(optimizer, lambda: loss_fn(model(x), x))
         loss_value = float(terms["loss"].detach()) if guard is not None else None  # a host sync, as is the check below
         if guard is not None and guard.is_spike(loss_value):
             restored = guard.rollback()  # back to a state from before the spike; this batch's update is dropped
@@ -203,8 +202,7 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
             opt_time = float("nan")
         else:
             streak = 0
-            if cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(net_params, cfg["grad_clip"])
+            clip_gradients(optimizer, cfg["grad_clip"])
             if cfg["warmup_steps"] or cfg["lr_schedule"] != "constant":
                 for group, base_lr in zip(optimizer.param_groups, base_lrs):
                     group["lr"] = base_lr * lr_factor(cfg, step)
@@ -218,10 +216,7 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
             window["n"] += 1
             if guard is not None:
                 guard.record(loss_value, step + 1)
-        aux_optimizer.zero_grad(set_to_none=True)
-        aux_loss = model.aux_loss()
-        aux_loss.backward()
-        aux_optimizer.step()
+        aux_loss = aux_step(aux_optimizer, model.aux_loss)
         step += 1
         step_time = time.perf_counter() - step_start
         # A run whose every step is skipped has diverged for good: stop instead of burning compute until T.

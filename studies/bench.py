@@ -41,6 +41,7 @@ from metaopt.lstm import ARCHS, LSTMConfig, LSTMOptimizerNet
 from metaopt.memory import pin_mmap_threshold, status_bytes
 from metaopt.meta_train import build_family, lstm_config
 from metaopt.optim import PRETRAINED, LSTMOptimizer, load_lopt, lopt_blob
+from metaopt.training import train_step
 from metaopt.unroll import start_task, unroll
 
 MB = 2**20
@@ -129,14 +130,8 @@ class CodecRun:
 
     def step(self) -> None:
         """The work of one codec.train step (without its logging and NaN guard)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss_fn(self.model(self.x), self.x)["loss"].backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.net_params, self.grad_clip)
-        self.optimizer.step()
-        self.aux_optimizer.zero_grad(set_to_none=True)
-        self.model.aux_loss().backward()
-        self.aux_optimizer.step()
+        train_step(self.optimizer, lambda: self.loss_fn(self.model(self.x), self.x), self.grad_clip,
+                   self.aux_optimizer, self.model.aux_loss)
 
 
 def make_optimizer(name: str, params, spec: dict) -> torch.optim.Optimizer:
