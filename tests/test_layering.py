@@ -65,5 +65,6 @@ def test_no_import_cycle():
 def test_the_checks_see_a_cycle_and_an_upward_import(tmp_path):
     """The parser really finds imports, including a late one inside a function."""
     source = tmp_path / "m.py"
-    source.write_text("import torch\nfrom codec.models import build_model\n\ndef f():\n    from studies import compare\n")
+    source.write_text("import torch\nfrom codec.models import build_model\n\n"
+                      "def f():\n    from studies import compare\n")
     assert imports(source) == {"codec.models", "codec.models.build_model", "studies", "studies.compare"}
