@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from codec.data import CropBatches, center_crop, crop_to, list_images, load_image, pad_to_multiple
 from codec.losses import RateDistortionLoss, ms_ssim_any_size, psnr
-from codec.models import MODELS, PAD_MULTIPLE, build_model, load_model, resolve_device, split_parameters
+from codec.models import (MODELS, PAD_MULTIPLE, build_model, latent_stride, load_model, resolve_device,
+                          split_parameters)
 from metaopt import checkpoint as ckpt_io
 from metaopt.config import parse_config
 from metaopt.errors import UserError, cli_entry
@@ -60,7 +61,7 @@ def check_config(cfg: dict) -> None:
     for key in ("batch_size", "crop", "N", "M", "val_every", "log_every", "checkpoint_every", "spike_snapshot_every"):
         if cfg[key] <= 0:
             raise UserError(f"{key} must be positive, got {cfg[key]}")
-    multiple = 64 if "hyperprior" in cfg["model"] else 16
+    multiple = latent_stride(cfg["model"])
     if cfg["crop"] % multiple:
         raise UserError(f"crop must be a multiple of {multiple} for {cfg['model']}, got {cfg['crop']}")
     if cfg["lr"] is not None and not (isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0):

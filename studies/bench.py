@@ -33,7 +33,7 @@ import torch
 
 from codec.data import CropBatches, list_images
 from codec.losses import RateDistortionLoss
-from codec.models import MODELS, build_model, resolve_device, split_parameters
+from codec.models import MODELS, build_model, latent_stride, resolve_device, split_parameters
 from metaopt.checkpoint import seed_everything
 from metaopt.config import CONFIG_DIR, parse_config, read_yaml
 from metaopt.errors import UserError, cli_entry
@@ -284,7 +284,7 @@ def codec_scales(cfg: dict) -> dict[str, dict]:
         for key in ("N", "M", "batch_size", "crop"):
             if not isinstance(scale[key], int) or scale[key] <= 0:
                 raise UserError(f"{name}_{key} must be a positive integer, got {scale[key]!r}")
-        multiple = 64 if "hyperprior" in scale["model"] else 16
+        multiple = latent_stride(scale["model"])
         if scale["crop"] % multiple:
             raise UserError(f"{name}_crop must be a multiple of {multiple} for {scale['model']}, got {scale['crop']}")
         scales[name] = scale
