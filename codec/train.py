@@ -145,20 +145,20 @@ def checked_run_dir(run_dir: Path, resume: bool) -> Path:
 
 def resume_from(path: Path, trainer: Trainer) -> TrainState:
     """Load a `checkpoint.pt` into the trainer (model, both optimizers, guard) and the global RNG."""
-    state, cfg = ckpt_io.load(path), trainer.cfg
-    if state.get("format") != CHECKPOINT_FORMAT:
+    ckpt, cfg = ckpt_io.load(path), trainer.cfg
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a codec training checkpoint")
     for key in ("model", "N", "M", "optimizer", "distortion", "lmbda", "batch_size", "crop", "seed"):
-        if state["config"][key] != cfg[key]:
-            raise UserError(f"cannot resume: {key} was {state['config'][key]!r}, now {cfg[key]!r}")
-    trainer.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.aux_optimizer.load_state_dict(state["aux_optimizer"])
-    ckpt_io.set_rng_state(state["rng"])
-    if trainer.guard is not None and "spike_guard" in state:
-        trainer.guard.load_state_dict(state["spike_guard"])
-    return TrainState(step=state["step"], best_val=state["best_val"], elapsed=state["elapsed"],
-                      skipped=state["skipped_steps"], streak=state.get("nonfinite_streak", 0), window=state["window"])
+        if ckpt["config"][key] != cfg[key]:
+            raise UserError(f"cannot resume: {key} was {ckpt['config'][key]!r}, now {cfg[key]!r}")
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+    ckpt_io.set_rng_state(ckpt["rng"])
+    if trainer.guard is not None and "spike_guard" in ckpt:
+        trainer.guard.load_state_dict(ckpt["spike_guard"])
+    return TrainState(step=ckpt["step"], best_val=ckpt["best_val"], elapsed=ckpt["elapsed"],
+                      skipped=ckpt["skipped_steps"], streak=ckpt.get("nonfinite_streak", 0), window=ckpt["window"])
 
 
 def save_checkpoint(path: Path, trainer: Trainer, state: TrainState, with_state: bool) -> None:
@@ -191,8 +191,8 @@ def apply_update(trainer: Trainer, step: int) -> float:
 
 
 def train_one_step(trainer: Trainer, state: TrainState, x: torch.Tensor) -> dict:
-    """One step of `metaopt.training`'s plain step, except that a loss spike (with the guard on) rolls back and a
-    non-finite loss skips the network update; returns the step's aux loss and timings."""
+    """The plain training step of `metaopt.training`, except that a loss spike (with the guard on) rolls back and
+    a non-finite loss skips the network update; returns the step's aux loss and timings."""
     start, guard, model = time.perf_counter(), trainer.guard, trainer.model
     terms = backward(trainer.optimizer, lambda: trainer.loss_fn(model(x), x))
     loss_value = float(terms["loss"].detach()) if guard is not None else None  # a host sync, as is the check below
