@@ -1,7 +1,7 @@
 """Classical codecs through Pillow — JPEG, WebP, AVIF, JPEG 2000 — over a sweep of qualities.
 
 Each image is encoded to bytes in memory and decoded back with Pillow, then measured by the same code as
-our codec (`codec.eval.image_metrics`, bpp = 8·bytes/(H·W)), so the curves are comparable.
+our codec (`codec.metrics.image_metrics`, bpp = 8·bytes/(H·W)), so the curves are comparable.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from PIL import Image, features
 
 from codec import bitstream
-from codec.eval import image_metrics, mean_of
+from codec.metrics import image_metrics, mean_of
 from metaopt.errors import UserError
 
 
@@ -55,7 +55,7 @@ def code_image(codec: Codec, image: np.ndarray, quality: float) -> tuple[bytes, 
 
 
 def evaluate_baseline(name: str, images: Sequence[torch.Tensor], qualities: Sequence[float] | None = None) -> list[dict]:
-    """One mean RD point per quality: the keys of `codec.eval.METRICS` plus "quality"."""
+    """One mean RD point per quality: the keys of `codec.metrics.METRICS` plus "quality"."""
     if name not in CODECS:
         raise UserError(f"unknown baseline {name!r}; choose from {', '.join(CODECS)}")
     codec = CODECS[name]

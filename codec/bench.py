@@ -17,7 +17,7 @@ import torch
 from compressai.models import ScaleHyperprior
 
 from codec import bitstream
-from codec.models import build_model
+from codec.models import build_model, latent_stride
 from metaopt.errors import UserError, cli_entry
 
 MODEL = "bmshj2018-hyperprior"
@@ -81,8 +81,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if min(args.N, args.M, args.height, args.width, args.repeats) <= 0:
         raise UserError("--N, --M, --height, --width and --repeats must be positive")
-    if args.height % 64 or args.width % 64:
-        raise UserError("--height and --width must be multiples of 64 (CompressAI's compress does not pad)")
+    stride = latent_stride(MODEL)
+    if args.height % stride or args.width % stride:
+        raise UserError(f"--height and --width must be multiples of {stride} (CompressAI's compress does not pad)")
     default_threads = torch.get_num_threads()
     report = {"model": MODEL, "N": args.N, "M": args.M, "image": f"{args.width}x{args.height}",
               "weights": "random init (coding time does not depend on training)", "repeats": args.repeats,

@@ -37,7 +37,7 @@ from compressai.entropy_models import EntropyModel
 from torch import nn
 
 from codec.data import crop_to, pad_to_multiple
-from codec.models import PAD_MULTIPLE
+from codec.models import PAD_MULTIPLE, is_hyperprior, latent_stride
 from metaopt.errors import UserError
 
 MAGIC = b"\x89MOC"
@@ -119,7 +119,7 @@ def prepare(model: nn.Module) -> bytes:
     with torch.no_grad():
         _update_tables_on_cpu(model)
     portable = None
-    if _is_hyperprior(model):  # CPU float64 copies: `_scale_indexes`
+    if is_hyperprior(model):  # CPU float64 copies: `_scale_indexes`
         portable = (copy.deepcopy(model.h_s).to("cpu", torch.float64),
                     copy.deepcopy(model.gaussian_conditional).to("cpu", torch.float64))
     digest = fingerprint(model)
@@ -137,7 +137,7 @@ def _scale_indexes(model: nn.Module, z_hat: torch.Tensor) -> torch.Tensor:
 
 def _compress(model: nn.Module, x: torch.Tensor) -> dict:
     """CompressAI's `compress`, with the hyperprior's table indexes from `_scale_indexes`."""
-    if not _is_hyperprior(model):
+    if not is_hyperprior(model):
         return model.compress(x)
     y = model.g_a(x)
     z = model.h_a(torch.abs(y))
@@ -149,22 +149,18 @@ def _compress(model: nn.Module, x: torch.Tensor) -> dict:
 
 def _decompress(model: nn.Module, strings: list, shape: tuple[int, int]) -> torch.Tensor:
     """CompressAI's `decompress` (returns x_hat), with the hyperprior's table indexes from `_scale_indexes`."""
-    if not _is_hyperprior(model):
+    if not is_hyperprior(model):
         return model.decompress(strings, shape)["x_hat"]
     z_hat = model.entropy_bottleneck.decompress(strings[1], shape)
     y_hat = model.gaussian_conditional.decompress(strings[0], _scale_indexes(model, z_hat), z_hat.dtype)
     return model.g_s(y_hat).clamp_(0, 1)
 
 
-def _is_hyperprior(model: nn.Module) -> bool:
-    return hasattr(model, "gaussian_conditional")
-
-
 def _latent_shape(model: nn.Module, height: int, width: int) -> tuple[int, int]:
     """Spatial size of the latent CompressAI's `decompress` expects: y (/16) or, for hyperpriors, z (/64)."""
-    factor = 64 if _is_hyperprior(model) else 16
+    stride = latent_stride(model)
     padded = [-(-side // PAD_MULTIPLE) * PAD_MULTIPLE for side in (height, width)]
-    return padded[0] // factor, padded[1] // factor
+    return padded[0] // stride, padded[1] // stride
 
 
 def encode(model: nn.Module, model_name: str, model_config: dict, x: torch.Tensor) -> bytes:
@@ -252,13 +248,13 @@ def decode(model: nn.Module, model_name: str, model_config: dict, data: bytes,
         raise UserError("file was made by a different checkpoint of the same model (weights fingerprint differs)")
     if header.height * header.width > max_pixels:
         raise UserError(f"file declares a {header.width}x{header.height} image, above the limit of {max_pixels} pixels")
-    n_strings = 2 if _is_hyperprior(model) else 1
+    n_strings = 2 if is_hyperprior(model) else 1
     if len(header.strings) != n_strings:
         raise UserError(f"file is corrupted: {len(header.strings)} coded streams, {model_name} needs {n_strings}")
     shape = _latent_shape(model, header.height, header.width)
     # Zero guard so that a forged payload's overreads land in our buffer: one u32 per decoded symbol is
     # the decoder's normal maximum, and y (M channels, 16x the z area in a hyperprior) has the most symbols.
-    y_symbols = model_config["M"] * shape[0] * shape[1] * (16 if _is_hyperprior(model) else 1)
+    y_symbols = model_config["M"] * shape[0] * shape[1] * (16 if is_hyperprior(model) else 1)
     guard = bytes(4 * y_symbols + 64)
     with torch.no_grad():
         x_hat = _decompress(model, [[s + guard] for s in header.strings], shape)[0]

@@ -16,52 +16,21 @@ per-image numbers go under "checkpoints". Each baseline is also written next to 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from pytorch_msssim import ms_ssim
 from torch import nn
 
 from codec import bitstream
+from codec.baselines import CODECS, evaluate_baseline
 from codec.data import list_images, load_image, pad_to_multiple
-from codec.losses import psnr
+from codec.metrics import METRICS, image_metrics, mean_of
 from codec.models import PAD_MULTIPLE, load_model, resolve_device
 from codec.rd import bd_rate, plot_rd
 from metaopt.config import parse_config
 from metaopt.errors import UserError, cli_entry
-
-MS_SSIM_MIN_SIDE = 161  # pytorch-msssim with the standard window needs a short side > 16·(11-1)
-METRICS = ("bpp", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-rgb-db", "encoding_time", "decoding_time")
-
-
-def image_metrics(original: torch.Tensor, decoded_uint8: torch.Tensor) -> dict:
-    """Distortion of one decoded image. `original` [3, H, W] float in [0, 1] (rounded to 8 bit here),
-    `decoded_uint8` [H, W, 3] uint8 — the pixels a user actually gets."""
-    ref = bitstream.to_uint8(original).permute(2, 0, 1)[None].double()
-    rec = decoded_uint8.permute(2, 0, 1)[None].double()
-    if ref.shape != rec.shape:
-        raise ValueError(f"decoded size {tuple(rec.shape)} != original {tuple(ref.shape)}")
-    out = {"psnr-rgb": float(psnr(((ref - rec) ** 2).mean().item(), 255.0)),
-           "ms-ssim-rgb": None, "ms-ssim-rgb-db": None}
-    if min(ref.shape[-2:]) >= MS_SSIM_MIN_SIDE:
-        value = ms_ssim(ref.float(), rec.float(), data_range=255).item()
-        out["ms-ssim-rgb"] = value
-        out["ms-ssim-rgb-db"] = -10 * math.log10(max(1 - value, 1e-10))
-    return out
-
-
-def mean_of(records: Sequence[dict]) -> dict:
-    """Mean of every numeric key over the records that have it (None where no record has a value)."""
-    keys = [k for k, v in records[0].items() if isinstance(v, (int, float)) or v is None]
-    out = {}
-    for key in keys:
-        values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
-        out[key] = sum(values) / len(values) if values else None
-    return out
-
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -140,8 +109,6 @@ def _bd_rate_or_none(anchor: dict, test: dict, metric: str) -> float | None:
 
 @cli_entry
 def main(argv=None) -> dict:
-    from codec.baselines import CODECS, evaluate_baseline  # imported here: baselines use this module's metrics
-
     cfg = parse_config(argv, default="codec/eval.yaml", description=__doc__.splitlines()[0])
     if not cfg["checkpoint"]:
         raise UserError("--checkpoint is required (comma-separate several for an RD curve)")

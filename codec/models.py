@@ -68,9 +68,19 @@ MODELS = {
     "bmshj2018-hyperprior-deep": DeepScaleHyperprior,
 }
 
-# Spatial downsampling of the deepest latent: inputs are padded to a multiple of this before coding.
-# (Hyperprior models downsample 2^4 in g_a and 2^2 more in h_a.)
+# Every model's input is padded to a multiple of this before coding: the largest `latent_stride`.
 PAD_MULTIPLE = 64
+
+
+def is_hyperprior(model: nn.Module | str) -> bool:
+    """Whether a model (or a registered model name) has a hyperprior: a second latent z, coded before y."""
+    return issubclass(MODELS[model] if isinstance(model, str) else type(model), ScaleHyperprior)
+
+
+def latent_stride(model: nn.Module | str) -> int:
+    """Spatial downsampling of the deepest latent (2^4 in g_a, 2^2 more in a hyperprior's h_a): training crops
+    must be a multiple of it."""
+    return 64 if is_hyperprior(model) else 16
 
 
 def build_model(name: str, N: int, M: int) -> nn.Module:

@@ -4,28 +4,36 @@ One loop for every optimizer: the optimizer under study gets the network paramet
 entropy-bottleneck quantiles always train on their own Adam (aux loss). Outputs in the run directory:
 config.yaml, metrics.jsonl (one row per logged step; W&B mirrors it), checkpoint.pt (latest, atomic),
 best.pt (best validation loss). `--resume` continues exactly: model, both optimizers, RNG and step.
+
+`train` reads top to bottom: `build_trainer`, `resume_from`, then `train_one_epoch` (the steps up to the next
+logged row or checkpoint), `log_row` (with `test_epoch`, the validation) and `save_checkpoint`, until the end.
 """
 from __future__ import annotations
 
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from codec.data import CropBatches, center_crop, crop_to, list_images, load_image, pad_to_multiple
 from codec.losses import RateDistortionLoss, ms_ssim_any_size, psnr
-from codec.models import MODELS, PAD_MULTIPLE, build_model, load_model, resolve_device, split_parameters
+from codec.models import (MODELS, PAD_MULTIPLE, build_model, latent_stride, load_model, resolve_device,
+                          split_parameters)
 from metaopt import checkpoint as ckpt_io
 from metaopt.config import parse_config
 from metaopt.errors import UserError, cli_entry
 from metaopt.guard import SpikeGuard
 from metaopt.optimizers import OPTIMIZERS, make_optimizer
 from metaopt.tracking import Run
+from metaopt.training import aux_step, backward, clip_gradients
 
 CHECKPOINT_FORMAT = "codec-train-v1"
 LR_SCHEDULES = ("constant", "cosine")
@@ -53,7 +61,7 @@ def check_config(cfg: dict) -> None:
     for key in ("batch_size", "crop", "N", "M", "val_every", "log_every", "checkpoint_every", "spike_snapshot_every"):
         if cfg[key] <= 0:
             raise UserError(f"{key} must be positive, got {cfg[key]}")
-    multiple = 64 if "hyperprior" in cfg["model"] else 16
+    multiple = latent_stride(cfg["model"])
     if cfg["crop"] % multiple:
         raise UserError(f"crop must be a multiple of {multiple} for {cfg['model']}, got {cfg['crop']}")
     if cfg["lr"] is not None and not (isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0):
@@ -73,8 +81,181 @@ def default_run_dir(cfg: dict) -> Path:
     return Path("runs") / "codec-train" / f"{stamp}-{cfg['model']}-{cfg['optimizer']}-s{cfg['seed']}"
 
 
+@dataclass
+class Trainer:
+    """What a run trains with: the model, the optimizer under study, the aux optimizer, the loss and the guard."""
+    cfg: dict
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]  # the optimizer's step sizes before any warmup or schedule
+    aux_optimizer: torch.optim.Optimizer
+    loss_fn: RateDistortionLoss
+    guard: SpikeGuard | None
+
+
+def empty_window() -> dict:
+    return {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
+
+
+@dataclass
+class TrainState:
+    """A run's progress; everything but `started` is in the checkpoint, so a resume continues exactly.
+
+    loss/bpp/mse are logged as means over the steps since the previous row (smoother curves, no cherry-picked
+    single batch): `window` holds their partial sums.
+    """
+    step: int = 0
+    best_val: float = math.inf
+    elapsed: float = 0.0  # wall seconds of the run's earlier sessions
+    skipped: int = 0  # steps whose update was skipped for a non-finite loss
+    streak: int = 0  # ... of them in a row, up to now
+    window: dict = field(default_factory=empty_window)
+    started: float = field(default_factory=time.time)  # when this session started training
+
+    def wall_time(self) -> float:
+        return self.elapsed + time.time() - self.started
+
+
+def build_trainer(cfg: dict, device: torch.device) -> Trainer:
+    model = build_model(cfg["model"], cfg["N"], cfg["M"]).to(device)
+    net_params, aux_params = split_parameters(model)
+    optimizer = make_optimizer(cfg["optimizer"], net_params, cfg)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    if cfg["optimizer"] == "lstm" and cfg["lopt_compile"]:
+        print("note: the learned optimizer's step compiles at the first step (once per run, ~0.5 min)", file=sys.stderr)
+    aux_optimizer = torch.optim.Adam(aux_params, lr=cfg["aux_lr"])
+    loss_fn = RateDistortionLoss(cfg["lmbda"], cfg["distortion"])
+    guard = SpikeGuard({"model": model, "optimizer": optimizer, "aux_optimizer": aux_optimizer}, cfg["spike_guard"],
+                       every=cfg["spike_snapshot_every"]) if cfg["spike_guard"] else None
+    return Trainer(cfg, device, model, optimizer, base_lrs, aux_optimizer, loss_fn, guard)
+
+
+def checked_run_dir(run_dir: Path, resume: bool) -> Path:
+    """The run's latest-checkpoint path, once starting (or resuming) in `run_dir` is known to make sense."""
+    latest = run_dir / "checkpoint.pt"
+    if latest.exists() and not resume:
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+    if resume and not latest.exists():
+        raise UserError(f"nothing to resume: {latest} does not exist")
+    if run_dir.is_dir():
+        ckpt_io.remove_stale_temporaries(run_dir)
+    return latest
+
+
+def resume_from(path: Path, trainer: Trainer) -> TrainState:
+    """Load a `checkpoint.pt` into the trainer (model, both optimizers, guard) and the global RNG."""
+    ckpt, cfg = ckpt_io.load(path), trainer.cfg
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a codec training checkpoint")
+    for key in ("model", "N", "M", "optimizer", "distortion", "lmbda", "batch_size", "crop", "seed"):
+        if ckpt["config"][key] != cfg[key]:
+            raise UserError(f"cannot resume: {key} was {ckpt['config'][key]!r}, now {cfg[key]!r}")
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+    ckpt_io.set_rng_state(ckpt["rng"])
+    if trainer.guard is not None and "spike_guard" in ckpt:
+        trainer.guard.load_state_dict(ckpt["spike_guard"])
+    return TrainState(step=ckpt["step"], best_val=ckpt["best_val"], elapsed=ckpt["elapsed"],
+                      skipped=ckpt["skipped_steps"], streak=ckpt.get("nonfinite_streak", 0), window=ckpt["window"])
+
+
+def save_checkpoint(path: Path, trainer: Trainer, state: TrainState, with_state: bool) -> None:
+    """`checkpoint.pt` (with_state: also what a resume needs: optimizers, RNG, guard) or `best.pt`."""
+    cfg = trainer.cfg
+    ckpt = {"format": CHECKPOINT_FORMAT, "model_name": cfg["model"], "model_config": {"N": cfg["N"], "M": cfg["M"]},
+            "model": trainer.model.state_dict(), "step": state.step, "config": cfg, "best_val": state.best_val,
+            "elapsed": state.wall_time(), "skipped_steps": state.skipped, "nonfinite_streak": state.streak,
+            "window": dict(state.window)}
+    if with_state:
+        ckpt.update(optimizer=trainer.optimizer.state_dict(), aux_optimizer=trainer.aux_optimizer.state_dict(),
+                    rng=ckpt_io.rng_state())
+        if trainer.guard is not None:
+            ckpt["spike_guard"] = trainer.guard.state_dict()
+    ckpt_io.atomic_save(ckpt, path)
+
+
+def apply_update(trainer: Trainer, step: int) -> float:
+    """Clip, set the scheduled step size and update the network; returns the seconds of the update alone."""
+    cfg, optimizer = trainer.cfg, trainer.optimizer
+    clip_gradients(optimizer, cfg["grad_clip"])
+    if cfg["warmup_steps"] or cfg["lr_schedule"] != "constant":
+        for group, base_lr in zip(optimizer.param_groups, trainer.base_lrs):
+            group["lr"] = base_lr * lr_factor(cfg, step)
+    start = time.perf_counter()
+    optimizer.step()
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def train_one_step(trainer: Trainer, state: TrainState, x: torch.Tensor) -> dict:
+    """The plain training step of `metaopt.training`, except that a loss spike (with the guard on) rolls back and
+    a non-finite loss skips the network update; returns the step's aux loss and timings."""
+    start, guard, model = time.perf_counter(), trainer.guard, trainer.model
+    terms = backward(trainer.optimizer, lambda: trainer.loss_fn(model(x), x))
+    loss_value = float(terms["loss"].detach()) if guard is not None else None  # a host sync, as is the check below
+    opt_time = float("nan")
+    if guard is not None and guard.is_spike(loss_value):
+        restored = guard.rollback()  # back to a state from before the spike; this batch's update is dropped
+        tqdm.write(f"step {state.step + 1}: loss {loss_value:.4g} is a spike (median of the last {len(guard.losses)}: "
+                   f"{guard.median:.4g}); " + ("no snapshot yet, update skipped" if restored is None else
+                                               f"rolled back to step {restored}"), file=sys.stderr)
+        trainer.optimizer.zero_grad(set_to_none=True)
+    elif not torch.isfinite(terms["loss"]):
+        state.skipped += 1  # a non-finite loss would poison both optimizers' states: skip the update
+        state.streak += 1
+        trainer.optimizer.zero_grad(set_to_none=True)
+    else:
+        state.streak = 0
+        opt_time = apply_update(trainer, state.step)
+        for name in ("loss", "bpp", "mse"):
+            state.window[name] += terms[name].detach()  # no .item() per step: that would sync the GPU
+        state.window["n"] += 1
+        if guard is not None:
+            guard.record(loss_value, state.step + 1)
+    aux_loss = aux_step(trainer.aux_optimizer, model.aux_loss)
+    state.step += 1
+    return {"aux_loss": aux_loss, "step_time": time.perf_counter() - start, "opt_step_time": opt_time}
+
+
+def diverged(trainer: Trainer, state: TrainState) -> str | None:
+    """Why the run has diverged for good (its every step is skipped or rolled back), or None: such a run stops
+    instead of burning compute until the last step."""
+    limit = trainer.cfg["stop_after_nonfinite"]
+    if trainer.guard is not None and trainer.guard.gave_up:
+        return f"{trainer.guard.consecutive} loss-spike rollbacks in a row"
+    if limit and state.streak >= limit:
+        return f"{state.streak} consecutive non-finite losses"
+    return None
+
+
+def is_row_step(cfg: dict, step: int) -> bool:
+    return step % cfg["log_every"] == 0 or step % cfg["val_every"] == 0 or step == cfg["steps"]
+
+
+def is_checkpoint_step(cfg: dict, step: int) -> bool:
+    return step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]
+
+
+def train_one_epoch(trainer: Trainer, state: TrainState, batches: Iterator[torch.Tensor]) -> dict:
+    """Train on `batches` up to the next step that logs a row or saves a checkpoint, or until the run diverges;
+    returns the last step's figures."""
+    cfg = trainer.cfg
+    while True:
+        figures = train_one_step(trainer, state, next(batches).to(trainer.device, non_blocking=True))
+        if diverged(trainer, state) or is_row_step(cfg, state.step) or is_checkpoint_step(cfg, state.step):
+            return figures
+
+
+def validation_images(cfg: dict) -> list[torch.Tensor]:
+    images = [load_image(p) for p in list_images(cfg["data"], "test")]
+    return [center_crop(x, cfg["val_crop"]) for x in images] if cfg["val_crop"] else images
+
+
 @torch.no_grad()
-def validate(model, loss_fn, images: list[torch.Tensor], device) -> dict[str, float]:
+def test_epoch(model, loss_fn, images: list[torch.Tensor], device) -> dict[str, float]:
     """Mean RD loss, bpp (from likelihoods), PSNR and MS-SSIM on the validation images."""
     model.eval()
     totals = {"val_loss": 0.0, "val_bpp": 0.0, "val_psnr": 0.0, "val_ms_ssim": 0.0}
@@ -102,9 +283,34 @@ def entropy_coded_eval(cfg: dict, run_dir: Path, device) -> dict[str, float]:
             if isinstance(v, (int, float)) and k not in ("height", "width")}
 
 
-def _checkpoint(cfg, model, step, **extra) -> dict:
-    return {"format": CHECKPOINT_FORMAT, "model_name": cfg["model"], "model_config": {"N": cfg["N"], "M": cfg["M"]},
-            "model": model.state_dict(), "step": step, "config": cfg, **extra}
+def metrics_row(trainer: Trainer, state: TrainState, figures: dict, stopped: bool) -> dict:
+    """The row of the steps since the previous row (validation is added by `log_row`)."""
+    window = state.window
+    row = {name: float(window[name]) / window["n"] if window["n"] else float("nan") for name in ("loss", "bpp", "mse")}
+    row.update(psnr=psnr(row["mse"]), aux_loss=float(figures["aux_loss"].detach()), step_time=figures["step_time"],
+               opt_step_time=figures["opt_step_time"],
+               skipped_steps=state.skipped + getattr(trainer.optimizer, "skipped_updates", 0),
+               wall_time=state.wall_time())
+    if trainer.guard is not None:
+        row["rollbacks"] = trainer.guard.rollbacks
+    if stopped:
+        row["stopped_diverged"] = True
+    return row
+
+
+def log_row(trainer: Trainer, state: TrainState, row: dict, run_dir: Path, val_images: list[torch.Tensor],
+            run: Run) -> None:
+    """Validate when due (keeping `best.pt`), evaluate real bitstreams at the end, log the row, open a new window."""
+    cfg = trainer.cfg
+    if state.step % cfg["val_every"] == 0 or state.step == cfg["steps"]:
+        row.update(test_epoch(trainer.model, trainer.loss_fn, val_images, trainer.device))
+        if row["val_loss"] < state.best_val:
+            state.best_val = row["val_loss"]
+            save_checkpoint(run_dir / "best.pt", trainer, state, with_state=False)
+    if state.step == cfg["steps"] and cfg["eval_at_end"]:
+        row.update(entropy_coded_eval(cfg, run_dir, trainer.device))
+    run.log(row, state.step)
+    state.window = empty_window()
 
 
 def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: bool = True) -> dict:
@@ -113,151 +319,39 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     device = resolve_device(cfg["device"])
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    latest = run_dir / "checkpoint.pt"
-    if latest.exists() and not cfg["resume"]:
-        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-    if cfg["resume"] and not latest.exists():
-        raise UserError(f"nothing to resume: {latest} does not exist")
-
-    if run_dir.is_dir():
-        ckpt_io.remove_stale_temporaries(run_dir)
+    latest = checked_run_dir(run_dir, cfg["resume"])
     ckpt_io.seed_everything(cfg["seed"])
-    model = build_model(cfg["model"], cfg["N"], cfg["M"]).to(device)
-    net_params, aux_params = split_parameters(model)
-    optimizer = make_optimizer(cfg["optimizer"], net_params, cfg)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a resume restores a warmed-up one
-    if cfg["optimizer"] == "lstm" and cfg["lopt_compile"]:
-        print("note: the learned optimizer's step compiles at the first step (once per run, ~0.5 min)", file=sys.stderr)
-    aux_optimizer = torch.optim.Adam(aux_params, lr=cfg["aux_lr"])
-    loss_fn = RateDistortionLoss(cfg["lmbda"], cfg["distortion"])
-    guard = SpikeGuard({"model": model, "optimizer": optimizer, "aux_optimizer": aux_optimizer}, cfg["spike_guard"],
-                       every=cfg["spike_snapshot_every"]) if cfg["spike_guard"] else None
+    trainer = build_trainer(cfg, device)
     batches = CropBatches(list_images(cfg["data"], "train"), cfg["crop"], cfg["batch_size"], cfg["seed"])
-    val_images = [load_image(p) for p in list_images(cfg["data"], "test")]
-    if cfg["val_crop"]:
-        val_images = [center_crop(x, cfg["val_crop"]) for x in val_images]
-
-    # loss/bpp/mse are logged as means over the steps since the previous row (smoother curves, no
-    # cherry-picked single batch); the partial sums are part of the checkpoint so resume stays exact.
-    window = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
-    step, best_val, elapsed_before, skipped, streak = 0, math.inf, 0.0, 0, 0
-    if cfg["resume"]:
-        state = ckpt_io.load(latest)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"{latest} is not a codec training checkpoint")
-        for key in ("model", "N", "M", "optimizer", "distortion", "lmbda", "batch_size", "crop", "seed"):
-            if state["config"][key] != cfg[key]:
-                raise UserError(f"cannot resume: {key} was {state['config'][key]!r}, now {cfg[key]!r}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        aux_optimizer.load_state_dict(state["aux_optimizer"])
-        ckpt_io.set_rng_state(state["rng"])
-        step, best_val = state["step"], state["best_val"]
-        elapsed_before, skipped, window = state["elapsed"], state["skipped_steps"], state["window"]
-        streak = state.get("nonfinite_streak", 0)
-        if guard is not None and "spike_guard" in state:
-            guard.load_state_dict(state["spike_guard"])
-
+    val_images = validation_images(cfg)
+    state = resume_from(latest, trainer) if cfg["resume"] else TrainState()
     run = Run(run_dir, cfg, job_type="codec-train", group=group or cfg["group"], tags=[cfg["optimizer"]],
-              resume_step=step if cfg["resume"] else None)
+              resume_step=state.step if cfg["resume"] else None)
     # Batches depend only on (seed, step); the loader gets its own generator so that creating it does not
     # draw from the global RNG (which drives the quantization noise and must resume exactly).
-    loader = DataLoader(batches, batch_size=None, sampler=range(step, cfg["steps"]), num_workers=cfg["workers"],
+    loader = DataLoader(batches, batch_size=None, sampler=range(state.step, cfg["steps"]), num_workers=cfg["workers"],
                         generator=torch.Generator())
-    started = time.time()
-    row: dict = {}
-
-    def save(path: Path, with_state: bool) -> None:
-        extra = {"best_val": best_val, "elapsed": elapsed_before + time.time() - started, "skipped_steps": skipped,
-                 "nonfinite_streak": streak, "window": dict(window)}
-        if with_state:
-            extra.update(optimizer=optimizer.state_dict(), aux_optimizer=aux_optimizer.state_dict(),
-                         rng=ckpt_io.rng_state())
-            if guard is not None:
-                extra["spike_guard"] = guard.state_dict()
-        ckpt_io.atomic_save(_checkpoint(cfg, model, step, **extra), path)
-
-    if guard is not None and not cfg["resume"]:
-        guard.snapshot(0)  # Adam at a too-large LR can blow up in its first steps: a state to return to
-    model.train()
-    progress = tqdm(loader, total=cfg["steps"], initial=step, disable=not show_progress, desc="train",
-                    dynamic_ncols=True)
-    for x in progress:
-        x = x.to(device, non_blocking=True)
-        step_start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        terms = loss_fn(model(x), x)
-        terms["loss"].backward()
-        loss_value = float(terms["loss"].detach()) if guard is not None else None  # a host sync, as is the check below
-        if guard is not None and guard.is_spike(loss_value):
-            restored = guard.rollback()  # back to a state from before the spike; this batch's update is dropped
-            tqdm.write(f"step {step + 1}: loss {loss_value:.4g} is a spike (median of the last {len(guard.losses)}: "
-                       f"{guard.median:.4g}); " + ("no snapshot yet, update skipped" if restored is None else
-                                                   f"rolled back to step {restored}"), file=sys.stderr)
-            optimizer.zero_grad(set_to_none=True)
-            opt_time = float("nan")
-        elif not torch.isfinite(terms["loss"]):
-            skipped += 1  # a non-finite loss would poison both optimizers' states: skip the update
-            streak += 1
-            optimizer.zero_grad(set_to_none=True)
-            opt_time = float("nan")
-        else:
-            streak = 0
-            if cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(net_params, cfg["grad_clip"])
-            if cfg["warmup_steps"] or cfg["lr_schedule"] != "constant":
-                for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base_lr * lr_factor(cfg, step)
-            opt_start = time.perf_counter()
-            optimizer.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            opt_time = time.perf_counter() - opt_start
-            for name in ("loss", "bpp", "mse"):
-                window[name] += terms[name].detach()  # no .item() per step: that would sync the GPU
-            window["n"] += 1
-            if guard is not None:
-                guard.record(loss_value, step + 1)
-        aux_optimizer.zero_grad(set_to_none=True)
-        aux_loss = model.aux_loss()
-        aux_loss.backward()
-        aux_optimizer.step()
-        step += 1
-        step_time = time.perf_counter() - step_start
-        # A run whose every step is skipped has diverged for good: stop instead of burning compute until T.
-        stop = bool(cfg["stop_after_nonfinite"]) and streak >= cfg["stop_after_nonfinite"]
-        stop_spikes = guard is not None and guard.gave_up
-        stop = stop or stop_spikes
-
-        if stop or step % cfg["log_every"] == 0 or step % cfg["val_every"] == 0 or step == cfg["steps"]:
-            row = {name: float(window[name]) / window["n"] if window["n"] else float("nan")
-                   for name in ("loss", "bpp", "mse")}
-            row.update(psnr=psnr(row["mse"]), aux_loss=float(aux_loss.detach()), step_time=step_time,
-                       opt_step_time=opt_time, skipped_steps=skipped + getattr(optimizer, "skipped_updates", 0),
-                       wall_time=elapsed_before + time.time() - started)
-            if guard is not None:
-                row["rollbacks"] = guard.rollbacks
-            if stop:
-                row["stopped_diverged"] = True
-            if step % cfg["val_every"] == 0 or step == cfg["steps"]:
-                row.update(validate(model, loss_fn, val_images, device))
-                if row["val_loss"] < best_val:
-                    best_val = row["val_loss"]
-                    save(run_dir / "best.pt", with_state=False)
-            if step == cfg["steps"] and cfg["eval_at_end"]:
-                row.update(entropy_coded_eval(cfg, run_dir, device))
-            progress.set_postfix(loss=f"{row['loss']:.4f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
-            run.log(row, step)
-            window = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
-        if stop or step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
-            save(latest, with_state=True)
-        if stop:
-            why = (f"{guard.consecutive} loss-spike rollbacks in a row" if stop_spikes
-                   else f"{streak} consecutive non-finite losses")
-            print(f"warning: stopped at step {step}: {why} (the run diverged)", file=sys.stderr)
+    state.started = time.time()  # W&B's set-up is not training time
+    if trainer.guard is not None and not cfg["resume"]:
+        trainer.guard.snapshot(0)  # Adam at a too-large LR can blow up in its first steps: a state to return to
+    trainer.model.train()
+    bar = tqdm(loader, total=cfg["steps"], initial=state.step, disable=not show_progress, desc="train",
+               dynamic_ncols=True)
+    stream, row = iter(bar), {}
+    while state.step < cfg["steps"]:
+        figures = train_one_epoch(trainer, state, stream)
+        why_stop = diverged(trainer, state)
+        if why_stop or is_row_step(cfg, state.step):
+            row = metrics_row(trainer, state, figures, stopped=bool(why_stop))
+            log_row(trainer, state, row, run_dir, val_images, run)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
+        if why_stop or is_checkpoint_step(cfg, state.step):
+            save_checkpoint(latest, trainer, state, with_state=True)
+        if why_stop:
+            print(f"warning: stopped at step {state.step}: {why_stop} (the run diverged)", file=sys.stderr)
             break
-    progress.close()
-    run.summary({**row, "best_val_loss": best_val})
+    bar.close()
+    run.summary({**row, "best_val_loss": state.best_val})
     run.finish()
     return row
 

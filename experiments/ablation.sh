@@ -4,7 +4,7 @@
 # Tuned Adam is run once, by the first variant of ORDER, and reused by every other: the same task, LR grid and
 # seeds, so only the learned optimizer differs. Prints a markdown table at the end.
 #   bash experiments/ablation.sh     # env: PY=.venv/bin/python SEEDS=5 OUT=runs/ablation ORDER="<variants>"
-#                                    #      COMPARE_ARGS="--threads 1" (extra metaopt.compare flags)
+#                                    #      COMPARE_ARGS="--threads 1" (extra studies.compare flags)
 #                                    #      META_OUT=DIR: take the meta-trained variants from DIR (default OUT)
 # The guarded rows of docs/ablation.md: the same optimizers, every run (Adam's tuning included) guarded:
 #   OUT=runs/ablation-guard10 META_OUT=runs/ablation COMPARE_ARGS="--spike-guard 10 --threads 1" FIRST=tensor \
@@ -56,7 +56,7 @@ for name in $ORDER; do
     mkdir -p "$cmp/runs" && cp -r "$OUT/compare-$FIRST/tune" "$cmp/" && cp -r "$OUT/compare-$FIRST"/runs/adam-* "$cmp/runs/"
   fi
   # shellcheck disable=SC2086
-  $PY -m metaopt.compare --lopt "$meta/lopt.pt" --seeds "$SEEDS" --run-dir "$cmp" --resume ${COMPARE_ARGS:-}
+  $PY -m studies.compare --lopt "$meta/lopt.pt" --seeds "$SEEDS" --run-dir "$cmp" --resume ${COMPARE_ARGS:-}
 done
 
 $PY - "$OUT" $ORDER <<'PY'

@@ -24,6 +24,7 @@ from codec.models import build_model, split_parameters  # noqa: E402
 from metaopt.checkpoint import seed_everything  # noqa: E402
 from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.optim import LSTMOptimizer  # noqa: E402
+from metaopt.training import train_step  # noqa: E402
 
 
 def shifts(spec: str, steps: int) -> dict[str, tuple[float, float, int]]:
@@ -45,13 +46,7 @@ def shifts(spec: str, steps: int) -> dict[str, tuple[float, float, int]]:
     init = [p.detach().clone() for p in net]
     for step in range(steps):
         x = batches[step]
-        opt.zero_grad()
-        loss_fn(model(x), x)["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(net, 1.0)
-        opt.step()
-        aux_opt.zero_grad()
-        model.aux_loss().backward()
-        aux_opt.step()
+        train_step(opt, lambda: loss_fn(model(x), x), 1.0, aux_opt, model.aux_loss)
     return {names[id(p)]: ((p.detach() - p0).mean().item(), (p.detach() - p0).std().item(), p.numel())
             for p, p0 in zip(net, init)}
 

@@ -38,6 +38,6 @@ for opt in adam lstm; do
 done
 rm -rf "$OUT"/train-adam "$OUT"/train-lstm  # checkpoints stay behind: only logs and metrics come back
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags, e.g. "--meta false"
-part bench 150 python3 -m metaopt.bench --device cuda --out "$OUT/bench_cuda.json" ${BENCH_ARGS:-}
+part bench 150 python3 -m studies.bench --device cuda --out "$OUT/bench_cuda.json" ${BENCH_ARGS:-}
 
 printf '%s\n' "${summary[@]}" | tee -a "$LOG"

@@ -30,7 +30,7 @@ for seed in $SEEDS; do
     --spike-guard 10 --lopt-compile false --checkpoint-every 1000000 --run-dir "$WORK/long-s$seed" \
     >"$WORK/long-s$seed.log" 2>&1 &
 done
-timeout "$LIMIT" "$PY" -m metaopt.compare --device "$DEVICE" --N 128 --M 192 --steps 500 --batch-size 4 \
+timeout "$LIMIT" "$PY" -m studies.compare --device "$DEVICE" --N 128 --M 192 --steps 500 --batch-size 4 \
   --adam-lrs 3e-5,1e-4,3e-4,1e-3,3e-3 --lstm-lrs "${LARGE_LSTM_LRS:-1e-4,3e-4,1e-3}" --tune-seeds 1000 --seeds 3 \
   --spike-guard 0 --threads 1 --workers "${WORKERS:-3}" --lopt "$LOPT" --lopt-compile false \
   --run-dir "$WORK/large-codec" \

@@ -27,3 +27,12 @@ def pin_mmap_threshold(threshold_bytes: int = 128 * 1024) -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold_bytes))
     except (OSError, AttributeError):
         return False
+
+
+def status_bytes(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (Linux), e.g. "VmRSS" or "VmHWM", in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")

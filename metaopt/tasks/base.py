@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from metaopt.training import train_step
+
 
 class Task:
     aux_lr: float = 1e-3
@@ -60,18 +62,12 @@ class Task:
         aux_opt = torch.optim.Adam(aux, lr=self.aux_lr) if aux else None
         losses: list[float] = []
         for step in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss = self.loss(model, self.batch(step))
-            value = loss.item()
-            losses.append(value)
-            if not math.isfinite(value) or value > diverged_at * abs(losses[0]):
-                return losses + [math.inf] * (steps - len(losses))
-            loss.backward()
-            opt.step()
-            if aux_opt is not None:
-                aux_opt.zero_grad(set_to_none=True)
-                self.aux_loss(model).backward()
-                aux_opt.step()
+            batch = self.batch(step)
+            terms = train_step(opt, lambda: {"loss": self.loss(model, batch)}, aux_optimizer=aux_opt,
+                               aux_loss_fn=lambda: self.aux_loss(model))
+            losses.append(terms["loss"].item())
+            if not math.isfinite(losses[-1]) or losses[-1] > diverged_at * abs(losses[0]):
+                return losses + [math.inf] * (steps - len(losses))  # (the update just made is thrown away)
         return losses
 
 

@@ -54,7 +54,7 @@ class CodecFamily(TaskFamily):
         self.kwargs = dict(distortion=distortion, crop=crop, batch_size=batch_size, data=data, aux_lr=aux_lr)
 
     # Meta-training tasks crop the "meta" images; meta-validation ("test" tasks) crops the codec "train"
-    # images, so neither sees the "test" images that metaopt.compare tunes Adam's LR on (codec/data.py).
+    # images, so neither sees the "test" images that studies.compare tunes Adam's LR on (codec/data.py).
     IMAGE_SPLIT = {"train": "meta", "test": "train"}
 
     def sample(self, seed: int, split: str) -> CodecTask:

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from codec.models import MODELS, build_model, load_model, split_parameters
+from codec.models import (MODELS, PAD_MULTIPLE, build_model, is_hyperprior, latent_stride, load_model,
+                          split_parameters)
 from metaopt.errors import UserError
 
 
@@ -45,6 +46,15 @@ def test_deepened_variants_insert_one_non_strided_conv_before_every_strided_conv
         assert [m.stride[0] for m in layers] == [1, 2] * 4
     assert count_convs(deep.h_a if hasattr(deep, "h_a") else nn.Sequential()) == count_convs(
         shallow.h_a if hasattr(shallow, "h_a") else nn.Sequential())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_latent_stride_is_the_downsampling_of_the_deepest_latent(name):
+    model, x = build_model(name, N=8, M=12), torch.rand(1, 3, 128, 64)
+    assert is_hyperprior(name) == is_hyperprior(model) == ("z" in model(x)["likelihoods"])
+    deepest = model.h_a(model.g_a(x)) if is_hyperprior(model) else model.g_a(x)
+    assert deepest.shape[-2:] == (128 // latent_stride(name), 64 // latent_stride(name))
+    assert PAD_MULTIPLE % latent_stride(model) == 0
 
 
 def test_build_model_rejects_unknown_names_and_sizes():

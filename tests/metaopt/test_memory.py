@@ -7,10 +7,9 @@ import pytest
 # the process still holds. Run in a fresh interpreter: the mmap threshold is process-wide and sticky.
 CHURN = """
 import sys, torch
-from metaopt.bench import _status_bytes
-from metaopt.memory import pin_mmap_threshold
+from metaopt.memory import pin_mmap_threshold, status_bytes
 pinned = pin_mmap_threshold() if sys.argv[1] == "pin" else None
-base = _status_bytes("VmRSS")
+base = status_bytes("VmRSS")
 big = torch.ones(6 * 2**20)  # freeing a 24 MiB mmapped block is what raises glibc's default threshold
 del big
 keep = []
@@ -20,7 +19,7 @@ for _ in range(20):
     del a
     c = torch.ones(2 * 2**20)
     del b, c
-print(pinned, (_status_bytes("VmRSS") - base) / 2**20)
+print(pinned, (status_bytes("VmRSS") - base) / 2**20)
 """
 
 

@@ -4,11 +4,11 @@ import math
 import numpy as np
 import pytest
 
-from metaopt import compare
 from metaopt.config import parse_config
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
 from metaopt.optim import save_lopt
 from metaopt.tracking import read_metrics
+from studies import compare
 
 TINY = ["--N", "8", "--M", "12", "--batch-size", "2", "--val-crop", "64", "--log-every", "3", "--threads", "1",
         "--lopt-compile", "false"]  # compiling costs ~0.5 min per run; tests/metaopt/test_fused.py checks that path
@@ -146,7 +146,7 @@ def test_kill_9_during_compare_then_resume_gives_the_uninterrupted_summary(tmp_p
     import time
 
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "metaopt.compare", "--data", str(image_folder), "--seeds", "2", "--steps", "12",
+    base = [sys.executable, "-m", "studies.compare", "--data", str(image_folder), "--seeds", "2", "--steps", "12",
             "--adam-lrs", "1e-3,3e-3", "--tune-seeds", "1000", "--optimizers", "adam,sgd", *TINY]
     with open(tmp_path / "full.log", "w") as log:  # the child keeps its own copy of the descriptor
         reference = subprocess.Popen([*base, "--run-dir", str(tmp_path / "full")], env=env, stdout=log,

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from metaopt.bench import codec_scales, main
 from metaopt.config import CONFIG_DIR, parse_config, read_yaml
+from studies.bench import codec_scales, main
 
 # Tiny everything: one codec scale of a few thousand parameters, meta-training at K=2 for 2 and 20 truncations.
 TINY = ["--scale", "paper", "--paper-N", "8", "--paper-M", "8", "--paper-crop", "64", "--paper-batch-size", "1",
@@ -102,7 +102,7 @@ def test_a_given_lopt_file_is_timed_alone_under_its_arch(tmp_path):
 
 
 def test_each_learned_optimizer_is_timed_eager_and_compiled():
-    from metaopt.bench import lopt_sources
+    from studies.bench import lopt_sources
     sources, described = lopt_sources(parse_config(["--archs", "tensor"], "bench/default.yaml", ""))
     assert sources["lstm-tensor"]["compile"] is False and sources["lstm-tensor-compiled"]["compile"] is True
     assert sources["lstm-tensor"]["lopt"] == sources["lstm-tensor-compiled"]["lopt"]
