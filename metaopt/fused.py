@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from metaopt.lstm import LSTMOptimizerNet, bias_corrections, training_progress
+from metaopt.lstm import LSTMOptimizerNet, adam_moments, bias_corrections, training_progress
 
 # Let one fused loop hold the whole per-coordinate network (defaults: a node of > 50 ops is written to memory,
 # a kernel fuses <= 64 nodes), so no [hidden, P] intermediate is materialised. The first option is named
@@ -88,8 +88,7 @@ class FusedStep:
 
     # -- the loops torch.compile fuses ----------------------------------------------------------------
     def _moments_and_features(self, g, m, v, one_minus, c1, c2, params, progress):
-        m.lerp_(g.expand_as(m), one_minus)
-        v.lerp_(g * g, 1 - self.cfg.adam_beta2)
+        adam_moments(m, v, g, one_minus, 1 - self.cfg.adam_beta2, in_place=True)
         return self.net.feature_rows(g, m, v, c1, c2, params, progress)
 
     def _lstm_rows(self, inp, h, c):

@@ -144,6 +144,17 @@ def training_progress(cfg: LSTMConfig, t: int, horizon: int | None, like: torch.
     return torch.tensor(min(t / horizon, 1.0), device=like.device, dtype=like.dtype)
 
 
+def adam_moments(m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, one_minus_beta1: torch.Tensor | float,
+                 one_minus_beta2: float, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam's moment update, m + (1 - beta1)(g - m) and v + (1 - beta2)(g^2 - v), as lerps: one elementwise pass
+    each instead of three. `m` may stack several momenta [B, n], with `one_minus_beta1` [B, 1]. Plain tensor math,
+    so the compiled step (metaopt.fused) traces it. `in_place` advances m and v (the compiled step's state);
+    otherwise new tensors are returned, as autograd through an unroll needs the old ones."""
+    if in_place:
+        return m.lerp_(g.expand_as(m), one_minus_beta1), v.lerp_(g * g, one_minus_beta2)
+    return torch.lerp(m, g.expand_as(m), one_minus_beta1), torch.lerp(v, g * g, one_minus_beta2)
+
+
 def tensor_statistics(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Per-tensor mean and mean square of each coordinate feature: x [F, P] -> [T, 2F] (tensors contiguous).
 
@@ -279,10 +290,8 @@ class LSTMOptimizerNet(nn.Module):
         t = state["t"] + 1
         c1, c2 = bias_corrections(cfg, t, g)
         progress = training_progress(cfg, t, horizon, g)
-        # Moments as lerps (m + (1 - beta)(g - m)): one elementwise pass each instead of three.
         one_minus = torch.tensor([1 - b for b in cfg.momentum_betas], dtype=g.dtype, device=g.device)[:, None]
-        m = torch.lerp(state["m"], g.expand_as(state["m"]), one_minus)
-        v = torch.lerp(state["v"], g * g, 1 - cfg.adam_beta2)
+        m, v = adam_moments(state["m"], state["v"], g, one_minus, 1 - cfg.adam_beta2)
         new = {"m": m, "v": v, "t": t}
         P = g.shape[0]
         n = P if not chunk_size or chunk_size >= P else chunk_size

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import higher
 import torch
 
-from metaopt.lstm import LSTMOptimizerNet, detach_state, init_state
+from metaopt.lstm import LSTMOptimizerNet, adam_moments, detach_state, init_state
 from metaopt.tasks.base import Task
 
 
@@ -60,8 +60,7 @@ def _aux_adam(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
     t = state["t"] + 1
     new, ms, vs = [], [], []
     for p, g, m, v in zip(params, grads, state["m"], state["v"]):
-        m = betas[0] * m + (1 - betas[0]) * g
-        v = betas[1] * v + (1 - betas[1]) * g * g
+        m, v = adam_moments(m, v, g, 1 - betas[0], 1 - betas[1])
         step = lr * (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps)
         new.append((p.detach() - step).requires_grad_())
         ms.append(m)
