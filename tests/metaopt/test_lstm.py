@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from metaopt.lstm import (LSTMConfig, LSTMOptimizerNet, init_state, preprocess_grad, reference_step,
-                          training_progress)
+from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state, preprocess_grad, training_progress
+from tests.metaopt.reference import reference_step
 
 
 def test_preprocess_matches_andrychowicz():
