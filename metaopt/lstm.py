@@ -29,7 +29,7 @@ its 60-step horizon and exploded far beyond it):
   training-progress input, Metz et al. 2022): a schedule can be learned, and the input spans the same [0, 1]
   for a 100-step meta-training task and a 10 000-step run. It needs T: `step(..., horizon=T)`.
 * Two output parameterisations:
-  ``adam_correction`` (LSTMConfig's default; Harrison et al. 2022): a nominal Adam step times a bounded learned
+  ``adam_correction`` (Harrison et al. 2022): a nominal Adam step times a bounded learned
   per-coordinate step-size factor, plus a bounded learned direct term,
       update = -lr * (m_hat/(sqrt(v_hat)+eps) * exp(alpha*tanh(s)) + beta*tanh(d)).
   A step is at most e^alpha times Adam's plus beta*lr whatever the LSTM outputs, and with the output layer
@@ -71,11 +71,11 @@ class LSTMConfig:
     adam_beta2: float = 0.999
     eps: float = 1e-8
     preprocess_p: float = 10.0        # Andrychowicz log/sign preprocessing threshold exponent
-    output: str = "adam_correction"
+    output: str = "direct"
     alpha: float = 1.0                 # max log step-size correction: factor in [e^-alpha, e^alpha]
     beta: float = 0.1                  # max direct term, in units of lr
-    out_init_std: float = 0.01         # small output layer: starts as (almost) Adam, yet every weight has a gradient
-    odd: bool = False                  # update odd in the gradient history: u(-g) = -u(g), so it cannot drift
+    out_init_std: float = 0.01         # small output layer: small first steps, yet every weight has a gradient
+    odd: bool = True                   # update odd in the gradient history: u(-g) = -u(g), so it cannot drift
 
     def __post_init__(self):
         unknown = [f for f in self.features if f not in FEATURES]
@@ -98,6 +98,17 @@ class LSTMConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> LSTMConfig:
+        """A config as `to_dict` saved it (lopt.pt files, meta-training checkpoints), however old: a key the file
+        lacks takes the value that was in force when it was written (`FORMER_DEFAULTS`), not today's default."""
+        return cls(**{**FORMER_DEFAULTS, **saved})
+
+
+# The defaults before they became the shipped configuration. `to_dict` writes every key, so a saved config
+# without one of these keys predates it, and was written by code that behaved as these values.
+FORMER_DEFAULTS = {"output": "adam_correction", "odd": False}
 
 
 def preprocess_grad(g: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:

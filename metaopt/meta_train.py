@@ -171,7 +171,7 @@ def main(argv=None):
         ckpt = load(ckpt_path, what="meta-training checkpoint")
         if ckpt.get("version") != CHECKPOINT_VERSION or "net" not in ckpt:
             raise UserError(f"{ckpt_path} is not a meta-training checkpoint of this version")
-        if LSTMConfig(**ckpt["lstm_config"]).to_dict() != net.cfg.to_dict():  # old files lack newer defaults
+        if LSTMConfig.from_dict(ckpt["lstm_config"]) != net.cfg:
             raise UserError(f"{ckpt_path} was written with another learned-optimizer architecture")
         net.load_state_dict(ckpt["net"])
         meta_opt.load_state_dict(ckpt["meta_opt"])

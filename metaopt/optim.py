@@ -52,7 +52,7 @@ def load_lopt(lopt: str | Path | dict | None) -> tuple[LSTMOptimizerNet, dict]:
     if blob.get("version") != VERSION:
         raise UserError(f"{name} has format version {blob.get('version')!r}; this code reads version {VERSION}")
     try:
-        net = LSTMOptimizerNet(LSTMConfig(**blob["config"]))
+        net = LSTMOptimizerNet(LSTMConfig.from_dict(blob["config"]))
         net.load_state_dict(blob["state_dict"])
         lr = float(blob["lr"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
