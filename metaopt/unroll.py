@@ -17,7 +17,7 @@ Hessian, which on a codec costs a double backward through GDN and the entropy mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import higher
 import torch
@@ -40,6 +40,23 @@ class TaskState:
     @property
     def done(self) -> bool:
         return self.step >= self.horizon
+
+    # The run in flight is checkpointed whole (meta-training's tasks are small), so a resumed run continues the very
+    # same inner run from the very same step and equals an uninterrupted one.
+    def state_dict(self) -> dict:
+        """Every field but the task, which is sampled again from its seed."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "task"}
+
+    @classmethod
+    def from_state_dict(cls, saved: dict, task: Task) -> TaskState:
+        """`state_dict`'s output (extra keys ignored) back on the task's device."""
+        move = lambda x: x.to(task.device) if torch.is_tensor(x) else x  # noqa: E731
+        state = {f.name: saved[f.name] for f in fields(cls) if f.name != "task"}
+        state["params"] = [move(p) for p in state["params"]]
+        state["opt_state"] = {k: move(v) for k, v in state["opt_state"].items()}
+        state["aux_state"] = {k: [move(t) for t in v] if isinstance(v, list) else v
+                              for k, v in state["aux_state"].items()}
+        return cls(task, **state)
 
 
 def start_task(task: Task, net: LSTMOptimizerNet, horizon: int, loss_scale: float = 1.0) -> TaskState:

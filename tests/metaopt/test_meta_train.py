@@ -50,7 +50,7 @@ def test_pes_resume_equals_an_uninterrupted_run(tmp_path):
     main(args + ["--meta-steps", "5", "--run-dir", str(tmp_path / "part"), "--resume"])
     full, part = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("full", "part"))
     assert all(torch.equal(full["net"][k], part["net"][k]) for k in full["net"])
-    assert torch.equal(full["task"]["xi"], part["task"]["xi"])
+    assert torch.equal(full["streams"][0]["task"]["xi"], part["streams"][0]["task"]["xi"])
     with pytest.raises(SystemExit):  # the in-flight task is PES particles: a BPTT resume is refused in one line
         main(TINY + ["--meta-steps", "6", "--run-dir", str(tmp_path / "part"), "--resume"])
 
@@ -67,9 +67,9 @@ def test_non_finite_inner_run_is_skipped_never_saved(tmp_path):
 
 def test_non_finite_meta_gradient_is_skipped_never_applied(tmp_path, monkeypatch):
     """A finite meta-loss whose meta-gradient is NaN (injected by a backward hook) must not reach the weights."""
-    import metaopt.meta_train as meta_train
+    import metaopt.estimators as estimators
 
-    real_unroll, calls = meta_train.unroll, {"n": 0}
+    real_unroll, calls = estimators.unroll, {"n": 0}
 
     def poisoned(*args, **kwargs):
         loss, next_ts, stats = real_unroll(*args, **kwargs)
@@ -78,7 +78,7 @@ def test_non_finite_meta_gradient_is_skipped_never_applied(tmp_path, monkeypatch
             loss.register_hook(lambda g: g * float("nan"))
         return loss, next_ts, stats
 
-    monkeypatch.setattr(meta_train, "unroll", poisoned)
+    monkeypatch.setattr(estimators, "unroll", poisoned)
     run = tmp_path / "run"
     main(TINY + ["--meta-steps", "2", "--run-dir", str(run), "--checkpoint-every", "1"])
     rows = [r for r in _rows(run) if "skipped" in r]
