@@ -9,14 +9,14 @@ output, and all coordinates of all parameter tensors are flattened into one vect
 * ``tensor`` (the hierarchical idea of Wichrowska et al. 2017 / Metz et al. 2022 in its cheapest
   form): the LSTM steps once per parameter *tensor*, reading the mean and mean square of each feature over
   that tensor, and adds a per-tensor offset to the outputs of a per-coordinate MLP (F -> mlp_hidden -> 2).
-  No per-coordinate recurrent state; per coordinate, two tiny matmuls and ~25 elementwise passes: measured
-  ~3.6x cheaper than ``coordinate`` at hidden 8 (README "Speed"), faster to the target loss at 10x the
-  meta-training horizon, but less stable at 100x (README "Ablation").
+  No per-coordinate recurrent state; per coordinate, two tiny matmuls and ~25 elementwise passes, so a step is
+  several times cheaper than ``coordinate``'s (README "Speed and memory"); in training it was faster to the
+  target loss, but less stable far past the meta-training horizon (README "Ablation").
 Both are feature-major ([F, P]: every per-coordinate quantity, state included, a contiguous row). This eager
 `step` is what meta-training differentiates through; metaopt.fused compiles the same update for use.
 
-Design, against the failure mode measured in MISSION §4 (a direct-output LSTM that beat tuned Adam inside
-its 60-step horizon and exploded far beyond it):
+Design, against the failure mode of learned optimizers run past their meta-training horizon (a direct-output
+LSTM that beats tuned Adam inside its horizon and explodes far beyond it, README "Ablation"):
 
 * Inputs are *stationary*: the Andrychowicz log-magnitude/sign gradient encoding (p=10), the
   Adam-normalised gradient g/sqrt(v) and Adam-normalised momenta m_b/sqrt(v) at several timescales
@@ -33,17 +33,16 @@ its 60-step horizon and exploded far beyond it):
   per-coordinate step-size factor, plus a bounded learned direct term,
       update = -lr * (m_hat/(sqrt(v_hat)+eps) * exp(alpha*tanh(s)) + beta*tanh(d)).
   A step is at most e^alpha times Adam's plus beta*lr whatever the LSTM outputs, and with the output layer
-  near zero it *is* Adam. Measured: 0.73x (tensor) / 1.07x (coordinate) LR-tuned Adam's steps, no divergence.
-  ``direct`` (Andrychowicz 2016): update = -lr * out. Measured (README "Ablation"): 0.45x tuned Adam's steps
-  to its final loss at 10x the meta-training horizon, then overflow at 11-20x in both longer runs: the
-  failure mode above, postponed rather than removed by the stationary inputs. Made ``odd`` (below) and
-  meta-trained at the step 1e-3 it is the shipped default lopt.pt: 0 of 5 runs to 100x diverged.
+  near zero it *is* Adam: stable by construction, and never far from Adam, faster or slower.
+  ``direct`` (Andrychowicz 2016): update = -lr * out. Free to be much faster than Adam, and alone it showed the
+  failure mode above, postponed rather than removed by the stationary inputs; made ``odd`` (below) it did not,
+  which is why direct and odd are LSTMConfig's defaults and the shipped lopt.pt (README "Ablation").
 * ``odd`` (either output): the network also runs on the sign-flipped gradient history (-g, -m: exactly the odd
   features negated), with its own LSTM state; of the direct output only the part that flips with the gradient
   is kept, of the step-size output the part that does not (it multiplies the odd Adam direction):
   u(-g) = -u(g). Why: without it, meta-training found a constant drift (every coordinate of a tensor moved the
   same way, whatever its gradient) that pays within the horizon and grows linearly with the steps (README
-  "Ablation" (7), experiments/drift.py). Costs a second LSTM pass.
+  "Ablation", experiments/drift.py). Costs a second LSTM pass.
 """
 from __future__ import annotations
 
@@ -62,7 +61,7 @@ ARCHS = ("coordinate", "tensor")
 @dataclass
 class LSTMConfig:
     arch: str = "coordinate"           # where the LSTM recurs: per coordinate, or per tensor (+ coordinate MLP)
-    hidden: int = 8                    # units per layer (Andrychowicz: 20; 8 measured ~2x faster than 16 per step)
+    hidden: int = 8                    # units per layer (Andrychowicz: 20); a step's cost grows with it
     layers: int = 1                    # stacked LSTM layers (Andrychowicz: 2)
     mlp_hidden: int = 8                # arch "tensor": hidden units of the per-coordinate MLP
     features: list = field(default_factory=lambda: list(DEFAULT_FEATURES))
@@ -170,7 +169,7 @@ def tensor_statistics(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Per-tensor mean and mean square of each coordinate feature: x [F, P] -> [T, 2F] (tensors contiguous).
 
     Two reductions per tensor (2T kernels, no per-coordinate work, no [F, P] temporaries: the mean square is
-    a squared vector norm): measured several times faster on CPU than torch.segment_reduce over x and x * x."""
+    a squared vector norm): faster on CPU than torch.segment_reduce over x and x * x, which materialises both."""
     rows = []
     for piece, n in zip(x.split(sizes, dim=1), sizes):
         rows.append(torch.cat([piece.mean(1), torch.linalg.vector_norm(piece, dim=1).pow(2) / n]))
@@ -189,7 +188,7 @@ class LSTMOptimizerNet(nn.Module):
     2017 / Metz 2022, reduced to its cheapest form): the LSTM runs over the *tensors*, reading per-tensor
     statistics of the coordinate features; a small per-coordinate MLP maps each coordinate's features to
     its raw outputs, to which the tensor LSTM adds a per-tensor offset. The per-coordinate work is then
-    two tiny matmuls and no recurrent state, which is what makes the step cheap (issue #7, README "Speed").
+    two tiny matmuls and no recurrent state, which is what makes the step cheap (README "Speed and memory").
 
     `step` is a pure function of its inputs (it never writes to them), so it is differentiable w.r.t. the
     network weights, the gradient and the carried state — which is what the `higher` unroll needs.
@@ -225,7 +224,7 @@ class LSTMOptimizerNet(nn.Module):
         """(F feature rows [n], Adam direction m_hat/(sqrt(v_hat)+eps) [n]) from the *updated* moments m [B, n],
         v [n], the `bias_corrections` c1, c2, (feature "param_scale" only) the parameter values p [n] and
         (feature "progress" only) the `training_progress`, which the sign-flipped history shares. Rows,
-        not one [n, F] tensor: elementwise ops on strided columns were measured several times slower on CPU, and
+        not one [n, F] tensor: elementwise ops on strided columns are several times slower on CPU, and
         the compiled step (metaopt.fused) fuses rows into one loop."""
         cfg = self.cfg
         m_hat = m / c1

@@ -8,7 +8,7 @@ memory does not grow with the total horizon.
 
 The model is driven through `fmodel.update_params(...)` followed by a plain `fmodel(x)` call, which
 patches every submodule; passing `params=` to the forward left an entropy-bottleneck parameter out of
-the graph (MISSION §4). The tests assert that every trainable network parameter gets an inner gradient.
+the graph. The tests assert that every trainable network parameter gets an inner gradient.
 
 `second_order=False` (the default, as in Andrychowicz et al.) treats the inner gradients as constants: the
 meta-gradient still flows through every parameter update into every later loss, but not through the
