@@ -116,7 +116,9 @@ def benchmark(world_sizes: list[int], meta_train_flags: list[str], out_dir: str 
         env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}
         done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
-            raise UserError(f"meta-training at world size {size} failed: {done.stderr.strip().splitlines()[-1:]}")
+            lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+            reason = next((line for line in reversed(lines) if "error:" in line), lines[-1])
+            raise UserError(f"meta-training at world size {size} failed: {reason}")
         rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "meta_loss" in r]
         if len(rows) < 2:
             raise UserError("too few meta-steps to time: give --meta-steps 2 or more")
