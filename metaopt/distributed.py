@@ -55,6 +55,14 @@ class World:
             dist.all_reduce(tensor)
         return tensor
 
+    def broadcast(self, obj):
+        """The main process's `obj`, on every process."""
+        if not self.joined:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def all_gather(self, obj) -> list:
         """Every process's `obj`, in rank order, on every process."""
         if not self.joined:

@@ -60,11 +60,12 @@ class GradientEstimator:
         return state.state_dict()
 
     def load_state(self, saved: dict, restore: Callable[[dict], TaskState]):
-        """The state `state_dict` saved; `restore` turns one saved inner run back into a TaskState."""
-        self.check_saved(saved)
+        """The state `state_dict` saved (by this kind of estimator: `check_saved`); `restore` turns one saved inner
+        run back into a TaskState."""
         return restore(saved)
 
     def check_saved(self, saved: dict) -> None:
+        """UserError unless `saved` is what this kind of estimator's `state_dict` writes."""
         kind = "pes" if "particles" in saved else "bptt"
         if kind != self.name:
             raise UserError(f"the checkpoint's run in flight was estimated with meta_gradient {kind}, not {self.name}")
@@ -109,6 +110,5 @@ class TruncatedPES(GradientEstimator):
         return {"xi": state.xi, "particles": [s.state_dict() for s in state.states]}
 
     def load_state(self, saved: dict, restore: Callable[[dict], TaskState]) -> Particles:
-        self.check_saved(saved)
         states = [restore(s) for s in saved["particles"]]
         return Particles(states, saved["xi"].to(states[0].params[0].device))

@@ -286,6 +286,15 @@ class MetaTrainer:
                          "world_size": self.world.size, "streams": [s for part in streams for s in part]}, path)
 
     def resume(self, path: Path) -> None:
+        # The first process reads and checks the checkpoint and hands it to the others: the run directory need not
+        # be shared between machines, and a refusal is reported once.
+        ckpt = self.world.broadcast(self.read_checkpoint(path) if self.world.is_main else None)
+        self.net.load_state_dict(ckpt["net"])
+        self.meta_opt.load_state_dict(ckpt["meta_opt"])
+        self.meta_step, self.best, self.skipped = ckpt["meta_step"], ckpt["best"], ckpt["skipped"]
+        self.streams = [self.restore_stream(i, ckpt["streams"][i]) for i in self.stream_indices]
+
+    def read_checkpoint(self, path: Path) -> dict:
         ckpt = load(path, what="meta-training checkpoint")
         if ckpt.get("version") == 3:  # one stream, which drew from the global generators
             ckpt = {**ckpt, "world_size": 1, "streams": [{"tasks": ckpt["task_index"], "py_rng": ckpt["py_rng"],
@@ -299,10 +308,9 @@ class MetaTrainer:
             raise UserError(f"{path} was written at world size {size} with tasks_per_step {per}; resume it with "
                             f"the same (torchrun --nproc_per_node, --tasks-per-step), not world size "
                             f"{self.world.size} with tasks_per_step {self.cfg['tasks_per_step']}")
-        self.net.load_state_dict(ckpt["net"])
-        self.meta_opt.load_state_dict(ckpt["meta_opt"])
-        self.meta_step, self.best, self.skipped = ckpt["meta_step"], ckpt["best"], ckpt["skipped"]
-        self.streams = [self.restore_stream(i, ckpt["streams"][i]) for i in self.stream_indices]
+        for saved in ckpt["streams"]:
+            self.estimator.check_saved(saved["task"])
+        return ckpt
 
     def restore_stream(self, index: int, saved: dict) -> TaskStream:
         rng = random.Random()
