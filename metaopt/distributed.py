@@ -4,10 +4,11 @@
 
 Each process trains its own task streams; their meta-gradients are summed over the processes before the
 meta-optimizer's step, so every process takes the same step and holds the same weights. The collectives run on
-gloo on CPU and NCCL on CUDA. A process that dies ends the job: its peers fail in their next collective (at once
-when its connections close, after `collective_timeout` seconds at the latest) and torchrun stops the rest;
-`--resume` continues from the last checkpoint. Started without torchrun, a process is a world of one and runs no
-collective at all.
+gloo on CPU and NCCL on CUDA. The first process alone writes: it gathers every stream's run in flight into the
+checkpoint, and on `--resume` reads it and hands it out, so a run resumes at the world size it was written at
+(and refuses another). A process that dies ends the job: its peers fail in their next collective (at once when its
+connections close, after `collective_timeout` seconds at the latest) and torchrun stops the rest; `--resume`
+continues from the last checkpoint. Started without torchrun, a process is a world of one and runs no collective.
 
 Throughput at several numbers of processes, one thread each (each size in its own torchrun job; prints JSON):
 
