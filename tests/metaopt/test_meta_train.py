@@ -190,7 +190,8 @@ def test_tasks_per_step_and_world_size_are_checked(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(TINY + ["--run-dir", str(tmp_path / "b"), "--tasks-per-step", "0"])
     assert e.value.code == 2
-    main(TINY + ["--run-dir", str(tmp_path / "c"), "--meta-steps", "2", "--tasks-per-step", "2", "--checkpoint-every", "1"])
+    main(TINY + ["--run-dir", str(tmp_path / "c"), "--meta-steps", "2", "--tasks-per-step", "2",
+          "--checkpoint-every", "1"])
     with pytest.raises(SystemExit) as e:  # two streams in the checkpoint, one asked for
         main(TINY + ["--run-dir", str(tmp_path / "c"), "--meta-steps", "3", "--resume"])
     assert e.value.code == 2
