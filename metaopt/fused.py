@@ -6,8 +6,8 @@ Why not torch.compile(net.step): there the small matmuls ([4H, F+H] x [F+H, P], 
 GEMM calls whose [*, P] outputs are written to memory and read back, and every step allocates fresh state
 tensors. A learned optimizer's per-coordinate network is tiny, so its matmuls are better unrolled into
 multiply-adds that the elementwise loop keeps in registers (`linear_rows`); inductor's default heuristics would
-still split a loop that long, hence `COMPILE_OPTIONS`. Measured at paper scale (5.1 M parameters, 2 CPU
-threads; README "Speed"). Meta-training keeps the eager `step`: it needs autograd through every intermediate.
+still split a loop that long, hence `COMPILE_OPTIONS` (what it gains: README "Speed and memory"). Meta-training
+keeps the eager `step`: it needs autograd through every intermediate.
 
 Only the math of the per-coordinate loop is restated here; features, bias corrections, the output head and the
 tensor LSTM are `LSTMOptimizerNet`'s own. tests/metaopt/test_fused.py checks updates and states against `step`.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from metaopt.lstm import LSTMOptimizerNet, bias_corrections, training_progress
+from metaopt.lstm import LSTMOptimizerNet, adam_moments, bias_corrections, training_progress
 
 # Let one fused loop hold the whole per-coordinate network (defaults: a node of > 50 ops is written to memory,
 # a kernel fuses <= 64 nodes), so no [hidden, P] intermediate is materialised. The first option is named
@@ -88,8 +88,7 @@ class FusedStep:
 
     # -- the loops torch.compile fuses ----------------------------------------------------------------
     def _moments_and_features(self, g, m, v, one_minus, c1, c2, params, progress):
-        m.lerp_(g.expand_as(m), one_minus)
-        v.lerp_(g * g, 1 - self.cfg.adam_beta2)
+        adam_moments(m, v, g, one_minus, 1 - self.cfg.adam_beta2, in_place=True)
         return self.net.feature_rows(g, m, v, c1, c2, params, progress)
 
     def _lstm_rows(self, inp, h, c):

@@ -9,14 +9,14 @@ output, and all coordinates of all parameter tensors are flattened into one vect
 * ``tensor`` (the hierarchical idea of Wichrowska et al. 2017 / Metz et al. 2022 in its cheapest
   form): the LSTM steps once per parameter *tensor*, reading the mean and mean square of each feature over
   that tensor, and adds a per-tensor offset to the outputs of a per-coordinate MLP (F -> mlp_hidden -> 2).
-  No per-coordinate recurrent state; per coordinate, two tiny matmuls and ~25 elementwise passes: measured
-  ~3.6x cheaper than ``coordinate`` at hidden 8 (README "Speed"), faster to the target loss at 10x the
-  meta-training horizon, but less stable at 100x (README "Ablation").
+  No per-coordinate recurrent state; per coordinate, two tiny matmuls and ~25 elementwise passes, so a step is
+  several times cheaper than ``coordinate``'s (README "Speed and memory"); in training it was faster to the
+  target loss, but less stable far past the meta-training horizon (README "Ablation").
 Both are feature-major ([F, P]: every per-coordinate quantity, state included, a contiguous row). This eager
 `step` is what meta-training differentiates through; metaopt.fused compiles the same update for use.
 
-Design, against the failure mode measured in MISSION §4 (a direct-output LSTM that beat tuned Adam inside
-its 60-step horizon and exploded far beyond it):
+Design, against the failure mode of learned optimizers run past their meta-training horizon (a direct-output
+LSTM that beats tuned Adam inside its horizon and explodes far beyond it, README "Ablation"):
 
 * Inputs are *stationary*: the Andrychowicz log-magnitude/sign gradient encoding (p=10), the
   Adam-normalised gradient g/sqrt(v) and Adam-normalised momenta m_b/sqrt(v) at several timescales
@@ -29,21 +29,20 @@ its 60-step horizon and exploded far beyond it):
   training-progress input, Metz et al. 2022): a schedule can be learned, and the input spans the same [0, 1]
   for a 100-step meta-training task and a 10 000-step run. It needs T: `step(..., horizon=T)`.
 * Two output parameterisations:
-  ``adam_correction`` (LSTMConfig's default; Harrison et al. 2022): a nominal Adam step times a bounded learned
+  ``adam_correction`` (Harrison et al. 2022): a nominal Adam step times a bounded learned
   per-coordinate step-size factor, plus a bounded learned direct term,
       update = -lr * (m_hat/(sqrt(v_hat)+eps) * exp(alpha*tanh(s)) + beta*tanh(d)).
   A step is at most e^alpha times Adam's plus beta*lr whatever the LSTM outputs, and with the output layer
-  near zero it *is* Adam. Measured: 0.73x (tensor) / 1.07x (coordinate) LR-tuned Adam's steps, no divergence.
-  ``direct`` (Andrychowicz 2016): update = -lr * out. Measured (README "Ablation"): 0.45x tuned Adam's steps
-  to its final loss at 10x the meta-training horizon, then overflow at 11-20x in both longer runs: the
-  failure mode above, postponed rather than removed by the stationary inputs. Made ``odd`` (below) and
-  meta-trained at the step 1e-3 it is the shipped default lopt.pt: 0 of 5 runs to 100x diverged.
+  near zero it *is* Adam: stable by construction, and never far from Adam, faster or slower.
+  ``direct`` (Andrychowicz 2016): update = -lr * out. Free to be much faster than Adam, and alone it showed the
+  failure mode above, postponed rather than removed by the stationary inputs; made ``odd`` (below) it did not,
+  which is why direct and odd are LSTMConfig's defaults and the shipped lopt.pt (README "Ablation").
 * ``odd`` (either output): the network also runs on the sign-flipped gradient history (-g, -m: exactly the odd
   features negated), with its own LSTM state; of the direct output only the part that flips with the gradient
   is kept, of the step-size output the part that does not (it multiplies the odd Adam direction):
   u(-g) = -u(g). Why: without it, meta-training found a constant drift (every coordinate of a tensor moved the
   same way, whatever its gradient) that pays within the horizon and grows linearly with the steps (README
-  "Ablation" (7), experiments/drift.py). Costs a second LSTM pass.
+  "Ablation", experiments/drift.py). Costs a second LSTM pass.
 """
 from __future__ import annotations
 
@@ -62,7 +61,7 @@ ARCHS = ("coordinate", "tensor")
 @dataclass
 class LSTMConfig:
     arch: str = "coordinate"           # where the LSTM recurs: per coordinate, or per tensor (+ coordinate MLP)
-    hidden: int = 8                    # units per layer (Andrychowicz: 20; 8 measured ~2x faster than 16 per step)
+    hidden: int = 8                    # units per layer (Andrychowicz: 20); a step's cost grows with it
     layers: int = 1                    # stacked LSTM layers (Andrychowicz: 2)
     mlp_hidden: int = 8                # arch "tensor": hidden units of the per-coordinate MLP
     features: list = field(default_factory=lambda: list(DEFAULT_FEATURES))
@@ -71,11 +70,11 @@ class LSTMConfig:
     adam_beta2: float = 0.999
     eps: float = 1e-8
     preprocess_p: float = 10.0        # Andrychowicz log/sign preprocessing threshold exponent
-    output: str = "adam_correction"
+    output: str = "direct"
     alpha: float = 1.0                 # max log step-size correction: factor in [e^-alpha, e^alpha]
     beta: float = 0.1                  # max direct term, in units of lr
-    out_init_std: float = 0.01         # small output layer: starts as (almost) Adam, yet every weight has a gradient
-    odd: bool = False                  # update odd in the gradient history: u(-g) = -u(g), so it cannot drift
+    out_init_std: float = 0.01         # small output layer: small first steps, yet every weight has a gradient
+    odd: bool = True                   # update odd in the gradient history: u(-g) = -u(g), so it cannot drift
 
     def __post_init__(self):
         unknown = [f for f in self.features if f not in FEATURES]
@@ -98,6 +97,17 @@ class LSTMConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> LSTMConfig:
+        """A config as `to_dict` saved it (lopt.pt files, meta-training checkpoints), however old: a key the file
+        lacks takes the value that was in force when it was written (`FORMER_DEFAULTS`), not today's default."""
+        return cls(**{**FORMER_DEFAULTS, **saved})
+
+
+# The defaults before they became the shipped configuration. `to_dict` writes every key, so a saved config
+# without one of these keys predates it, and was written by code that behaved as these values.
+FORMER_DEFAULTS = {"output": "adam_correction", "odd": False}
 
 
 def preprocess_grad(g: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,11 +154,22 @@ def training_progress(cfg: LSTMConfig, t: int, horizon: int | None, like: torch.
     return torch.tensor(min(t / horizon, 1.0), device=like.device, dtype=like.dtype)
 
 
+def adam_moments(m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, one_minus_beta1: torch.Tensor | float,
+                 one_minus_beta2: float, in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam's moment update, m + (1 - beta1)(g - m) and v + (1 - beta2)(g^2 - v), as lerps: one elementwise pass
+    each instead of three. `m` may stack several momenta [B, n], with `one_minus_beta1` [B, 1]. Plain tensor math,
+    so the compiled step (metaopt.fused) traces it. `in_place` advances m and v (the compiled step's state);
+    otherwise new tensors are returned, as autograd through an unroll needs the old ones."""
+    if in_place:
+        return m.lerp_(g.expand_as(m), one_minus_beta1), v.lerp_(g * g, one_minus_beta2)
+    return torch.lerp(m, g.expand_as(m), one_minus_beta1), torch.lerp(v, g * g, one_minus_beta2)
+
+
 def tensor_statistics(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Per-tensor mean and mean square of each coordinate feature: x [F, P] -> [T, 2F] (tensors contiguous).
 
     Two reductions per tensor (2T kernels, no per-coordinate work, no [F, P] temporaries: the mean square is
-    a squared vector norm): measured several times faster on CPU than torch.segment_reduce over x and x * x."""
+    a squared vector norm): faster on CPU than torch.segment_reduce over x and x * x, which materialises both."""
     rows = []
     for piece, n in zip(x.split(sizes, dim=1), sizes):
         rows.append(torch.cat([piece.mean(1), torch.linalg.vector_norm(piece, dim=1).pow(2) / n]))
@@ -167,7 +188,7 @@ class LSTMOptimizerNet(nn.Module):
     2017 / Metz 2022, reduced to its cheapest form): the LSTM runs over the *tensors*, reading per-tensor
     statistics of the coordinate features; a small per-coordinate MLP maps each coordinate's features to
     its raw outputs, to which the tensor LSTM adds a per-tensor offset. The per-coordinate work is then
-    two tiny matmuls and no recurrent state, which is what makes the step cheap (issue #7, README "Speed").
+    two tiny matmuls and no recurrent state, which is what makes the step cheap (README "Speed and memory").
 
     `step` is a pure function of its inputs (it never writes to them), so it is differentiable w.r.t. the
     network weights, the gradient and the carried state — which is what the `higher` unroll needs.
@@ -203,7 +224,7 @@ class LSTMOptimizerNet(nn.Module):
         """(F feature rows [n], Adam direction m_hat/(sqrt(v_hat)+eps) [n]) from the *updated* moments m [B, n],
         v [n], the `bias_corrections` c1, c2, (feature "param_scale" only) the parameter values p [n] and
         (feature "progress" only) the `training_progress`, which the sign-flipped history shares. Rows,
-        not one [n, F] tensor: elementwise ops on strided columns were measured several times slower on CPU, and
+        not one [n, F] tensor: elementwise ops on strided columns are several times slower on CPU, and
         the compiled step (metaopt.fused) fuses rows into one loop."""
         cfg = self.cfg
         m_hat = m / c1
@@ -279,10 +300,8 @@ class LSTMOptimizerNet(nn.Module):
         t = state["t"] + 1
         c1, c2 = bias_corrections(cfg, t, g)
         progress = training_progress(cfg, t, horizon, g)
-        # Moments as lerps (m + (1 - beta)(g - m)): one elementwise pass each instead of three.
         one_minus = torch.tensor([1 - b for b in cfg.momentum_betas], dtype=g.dtype, device=g.device)[:, None]
-        m = torch.lerp(state["m"], g.expand_as(state["m"]), one_minus)
-        v = torch.lerp(state["v"], g * g, 1 - cfg.adam_beta2)
+        m, v = adam_moments(state["m"], state["v"], g, one_minus, 1 - cfg.adam_beta2)
         new = {"m": m, "v": v, "t": t}
         P = g.shape[0]
         n = P if not chunk_size or chunk_size >= P else chunk_size
@@ -327,76 +346,3 @@ class LSTMOptimizerNet(nn.Module):
         if cfg.arch == "coordinate":
             new["h"], new["c"] = cat([cat(h) for h in hs]), cat([cat(c) for c in cs])
         return -lr * cat(dirs), new, sq / (2 * max(P, 1))
-
-
-def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: list[dict], lr: float,
-                   params: list[torch.Tensor] | None = None, horizon: int | None = None
-                   ) -> tuple[list[torch.Tensor], list[dict]]:
-    """The slow, obviously-correct path: one parameter tensor at a time, torch.nn.LSTMCell per layer,
-    torch.nn.Linear for the output layer and the MLP, plain means for the tensor statistics.
-
-    Used by the tests to check that the flattened, fused, chunked `LSTMOptimizerNet.step` computes the
-    same updates. Each entry of `states` is an `init_state(cfg, [numel])` dict for that tensor.
-    """
-    cfg = net.cfg
-    H = cfg.hidden
-
-    def linear(w: torch.Tensor, b: torch.Tensor | None) -> nn.Linear:
-        layer = nn.Linear(w.shape[0], w.shape[1], bias=b is not None).to(w.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(w.T)
-            if b is not None:
-                layer.bias.copy_(b)
-        return layer
-
-    cells = []
-    for layer in range(cfg.layers):
-        cell = nn.LSTMCell(net.w[layer].shape[0] - H, H).to(net.w[layer].dtype)
-        with torch.no_grad():  # nn.LSTMCell computes x W_ih^T + h W_hh^T + b_ih + b_hh
-            cell.weight_ih.copy_(net.w[layer][:-H].T)
-            cell.weight_hh.copy_(net.w[layer][-H:].T)
-            cell.bias_ih.copy_(net.b[layer])
-            cell.bias_hh.zero_()
-        cells.append(cell)
-    out_layer = linear(net.out_w, net.out_b)
-    updates, new_states = [], []
-    for k_tensor, (g, st) in enumerate(zip(grads, states)):
-        g = g.reshape(-1)
-        p = None if params is None else params[k_tensor].reshape(-1)
-        t = st["t"] + 1
-        coordinate = cfg.arch == "coordinate"
-        m = torch.stack([b * st["m"][k] + (1 - b) * g for k, b in enumerate(cfg.momentum_betas)])
-        v = cfg.adam_beta2 * st["v"] + (1 - cfg.adam_beta2) * g * g
-        width = g.numel() if coordinate else 1  # LSTM state columns per history (two histories if odd)
-        outs, hs, cs = [], [], []
-        for k, sign in enumerate((1, -1) if cfg.odd else (1,)):  # odd: the sign-flipped history too
-            rows, d = net.feature_rows(sign * g, sign * m, v, *bias_corrections(cfg, t, g), p,
-                                       training_progress(cfg, t, horizon, g))
-            adam_dir = d if k == 0 else adam_dir
-            x = torch.stack(rows, 1)  # [n, F]
-            # The LSTM reads each coordinate's features, or this one tensor's feature means and mean squares.
-            inp = x if coordinate else torch.cat([x.mean(0), (x * x).mean(0)])[None]
-            mine = slice(k * width, (k + 1) * width)
-            for layer, cell in enumerate(cells):  # nn.LSTMCell is row-major: [n, H]
-                rows_l = slice(layer * H, (layer + 1) * H)
-                h, c = cell(inp, (st["h"][rows_l, mine].T, st["c"][rows_l, mine].T))
-                hs.append((layer, k, h.T))
-                cs.append((layer, k, c.T))
-                inp = h
-            if coordinate:
-                outs.append(out_layer(inp))
-            else:
-                mlp = linear(net.mlp_w, net.mlp_b)
-                outs.append(out_layer(torch.relu(mlp(x))) + linear(net.tensor_out_w, None)(inp))
-        if cfg.odd:  # written out, not via fold_mirrored: the step-size output even, the direct one(s) odd
-            seen, mirrored = outs
-            odd = (seen - mirrored) / 2
-            out = odd if cfg.output == "direct" else torch.stack([(seen + mirrored)[:, 0] / 2, odd[:, 1]], 1)
-        else:
-            out = outs[0]
-        updates.append(-lr * net.head(out[:, 0], out[:, 1], adam_dir))
-        # state rows: layer by layer; columns: the history as seen, then the mirrored one
-        stack = lambda parts: torch.cat([torch.cat([z for l_, k_, z in parts if l_ == layer], 1)  # noqa: E731
-                                         for layer in range(cfg.layers)])
-        new_states.append({**st, "m": m, "v": v, "h": stack(hs), "c": stack(cs), "t": t})
-    return updates, new_states

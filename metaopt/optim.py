@@ -9,8 +9,8 @@ do not fit the config — is refused with a one-line `UserError`.
 Speed: each parameter group is handled as ONE flat vector (one `torch.cat` of the gradients, the LSTM as
 a few big matmuls, one `_foreach_add_` back into the parameters); no per-coordinate Python work. With
 `compile=True` the step is `metaopt.fused.FusedStep`: the same update, compiled into a few fused loops that
-advance the state in place (3-5x faster at paper scale, README "Speed"; compiling takes ~0.5 min once per
-process).
+advance the state in place (faster on large models, README "Speed and memory"; compiling costs a one-off delay
+per process).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def load_lopt(lopt: str | Path | dict | None) -> tuple[LSTMOptimizerNet, dict]:
     if blob.get("version") != VERSION:
         raise UserError(f"{name} has format version {blob.get('version')!r}; this code reads version {VERSION}")
     try:
-        net = LSTMOptimizerNet(LSTMConfig(**blob["config"]))
+        net = LSTMOptimizerNet(LSTMConfig.from_dict(blob["config"]))
         net.load_state_dict(blob["state_dict"])
         lr = float(blob["lr"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:

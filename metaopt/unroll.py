@@ -8,7 +8,7 @@ memory does not grow with the total horizon.
 
 The model is driven through `fmodel.update_params(...)` followed by a plain `fmodel(x)` call, which
 patches every submodule; passing `params=` to the forward left an entropy-bottleneck parameter out of
-the graph (MISSION §4). The tests assert that every trainable network parameter gets an inner gradient.
+the graph. The tests assert that every trainable network parameter gets an inner gradient.
 
 `second_order=False` (the default, as in Andrychowicz et al.) treats the inner gradients as constants: the
 meta-gradient still flows through every parameter update into every later loss, but not through the
@@ -17,12 +17,12 @@ Hessian, which on a codec costs a double backward through GDN and the entropy mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import higher
 import torch
 
-from metaopt.lstm import LSTMOptimizerNet, detach_state, init_state
+from metaopt.lstm import LSTMOptimizerNet, adam_moments, detach_state, init_state
 from metaopt.tasks.base import Task
 
 
@@ -40,6 +40,23 @@ class TaskState:
     @property
     def done(self) -> bool:
         return self.step >= self.horizon
+
+    # The run in flight is checkpointed whole (meta-training's tasks are small), so a resumed run continues the very
+    # same inner run from the very same step and equals an uninterrupted one.
+    def state_dict(self) -> dict:
+        """Every field but the task, which is sampled again from its seed."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "task"}
+
+    @classmethod
+    def from_state_dict(cls, saved: dict, task: Task) -> TaskState:
+        """`state_dict`'s output (extra keys ignored) back on the task's device."""
+        move = lambda x: x.to(task.device) if torch.is_tensor(x) else x  # noqa: E731
+        state = {f.name: saved[f.name] for f in fields(cls) if f.name != "task"}
+        state["params"] = [move(p) for p in state["params"]]
+        state["opt_state"] = {k: move(v) for k, v in state["opt_state"].items()}
+        state["aux_state"] = {k: [move(t) for t in v] if isinstance(v, list) else v
+                              for k, v in state["aux_state"].items()}
+        return cls(task, **state)
 
 
 def start_task(task: Task, net: LSTMOptimizerNet, horizon: int, loss_scale: float = 1.0) -> TaskState:
@@ -60,8 +77,7 @@ def _aux_adam(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
     t = state["t"] + 1
     new, ms, vs = [], [], []
     for p, g, m, v in zip(params, grads, state["m"], state["v"]):
-        m = betas[0] * m + (1 - betas[0]) * g
-        v = betas[1] * v + (1 - betas[1]) * g * g
+        m, v = adam_moments(m, v, g, 1 - betas[0], 1 - betas[1])
         step = lr * (m / (1 - betas[0] ** t)) / ((v / (1 - betas[1] ** t)).sqrt() + eps)
         new.append((p.detach() - step).requires_grad_())
         ms.append(m)

@@ -84,3 +84,21 @@ def test_meta_training_on_cuda_and_resume(tmp_path, task):
     net, _ = load_lopt(tmp_path / "run" / "lopt.pt")  # written on the GPU, loads without one
     assert next(net.parameters()).device.type == "cpu"
     LSTMOptimizer(_model().parameters(), lopt=tmp_path / "run" / "lopt.pt")
+
+
+def test_meta_training_under_torchrun_on_nccl(tmp_path):
+    """The NCCL path: as many processes as GPUs, up to two, each on its own GPU."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    processes = min(2, torch.cuda.device_count())
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+                    "-m", "metaopt.meta_train", *TINY, "--device", "cuda", "--meta-steps", "4", "--run-dir", str(run)],
+                   env={**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}, check=True, timeout=600)
+    assert yaml.safe_load((run / "config.yaml").read_text())["world_size"] == processes
+    assert len(torch.load(run / "checkpoint.pt", weights_only=False)["streams"]) == processes
+    LSTMOptimizer(_model().parameters(), lopt=run / "lopt.pt")

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from metaopt.lstm import (LSTMConfig, LSTMOptimizerNet, init_state, preprocess_grad, reference_step,
-                          training_progress)
+from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state, preprocess_grad, training_progress
+from tests.metaopt.reference import reference_step
 
 
 def test_preprocess_matches_andrychowicz():
@@ -60,7 +60,7 @@ def test_fast_path_equals_reference(arch, layers, output, chunk, features, odd):
 
 @pytest.mark.parametrize("arch", ["coordinate", "tensor"])
 def test_adam_correction_is_bounded_and_starts_near_adam(arch):
-    cfg = LSTMConfig(arch=arch, hidden=4, alpha=0.5, beta=0.1)
+    cfg = LSTMConfig(arch=arch, hidden=4, output="adam_correction", alpha=0.5, beta=0.1)
     net = LSTMOptimizerNet(cfg)
     with torch.no_grad():  # saturate the outputs: the step must stay inside the bounds
         for name, p in net.named_parameters():
@@ -72,7 +72,7 @@ def test_adam_correction_is_bounded_and_starts_near_adam(arch):
     # step 1: Adam's direction is sign(g) (|m_hat/sqrt(v_hat)| = 1), so |update| <= e^alpha + beta
     assert update.abs().max() <= math.exp(0.5) + 0.1 + 1e-5
     assert update.abs().min() >= math.exp(-0.5) - 0.1 - 1e-5
-    near = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=4, out_init_std=0.0))
+    near = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=4, output="adam_correction", out_init_std=0.0))
     update, _, _ = near.step(g, init_state(near.cfg, [1000]), lr=1.0)
     assert torch.allclose(update, -torch.sign(g), atol=1e-5)  # zero output layer == Adam's first step
 

@@ -50,7 +50,7 @@ def test_pes_resume_equals_an_uninterrupted_run(tmp_path):
     main(args + ["--meta-steps", "5", "--run-dir", str(tmp_path / "part"), "--resume"])
     full, part = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("full", "part"))
     assert all(torch.equal(full["net"][k], part["net"][k]) for k in full["net"])
-    assert torch.equal(full["task"]["xi"], part["task"]["xi"])
+    assert torch.equal(full["streams"][0]["task"]["xi"], part["streams"][0]["task"]["xi"])
     with pytest.raises(SystemExit):  # the in-flight task is PES particles: a BPTT resume is refused in one line
         main(TINY + ["--meta-steps", "6", "--run-dir", str(tmp_path / "part"), "--resume"])
 
@@ -67,9 +67,9 @@ def test_non_finite_inner_run_is_skipped_never_saved(tmp_path):
 
 def test_non_finite_meta_gradient_is_skipped_never_applied(tmp_path, monkeypatch):
     """A finite meta-loss whose meta-gradient is NaN (injected by a backward hook) must not reach the weights."""
-    import metaopt.meta_train as meta_train
+    import metaopt.estimators as estimators
 
-    real_unroll, calls = meta_train.unroll, {"n": 0}
+    real_unroll, calls = estimators.unroll, {"n": 0}
 
     def poisoned(*args, **kwargs):
         loss, next_ts, stats = real_unroll(*args, **kwargs)
@@ -78,7 +78,7 @@ def test_non_finite_meta_gradient_is_skipped_never_applied(tmp_path, monkeypatch
             loss.register_hook(lambda g: g * float("nan"))
         return loss, next_ts, stats
 
-    monkeypatch.setattr(meta_train, "unroll", poisoned)
+    monkeypatch.setattr(estimators, "unroll", poisoned)
     run = tmp_path / "run"
     main(TINY + ["--meta-steps", "2", "--run-dir", str(run), "--checkpoint-every", "1"])
     rows = [r for r in _rows(run) if "skipped" in r]
@@ -161,3 +161,37 @@ def test_validation_is_paired_and_leaves_the_rng_alone():
     assert first == second
     torch.manual_seed(0)
     assert torch.equal(torch.rand(1), after_first)  # validate() consumed nothing from the global stream
+
+
+def test_a_version_3_checkpoint_resumes_as_one_stream(tmp_path):
+    """Version 3 held the single run in flight, its task counter and the generators at the top level; a run resumed
+    from it must equal one resumed from the same checkpoint in today's layout."""
+    args = TINY + ["--meta-steps", "4"]
+    main(args + ["--run-dir", str(tmp_path / "v4")])
+    ckpt = torch.load(tmp_path / "v4" / "checkpoint.pt", weights_only=False)
+    stream = ckpt["streams"][0]
+    old = {k: v for k, v in ckpt.items() if k not in ("streams", "world_size")}
+    old.update(version=3, task_index=stream["tasks"], py_rng=stream["py_rng"], rng=stream["rng"],
+               task={"task_index": stream["tasks"] - 1, **stream["task"]})
+    (tmp_path / "v3").mkdir()
+    torch.save(old, tmp_path / "v3" / "checkpoint.pt")
+    for run in ("v3", "v4"):
+        main(TINY + ["--meta-steps", "7", "--run-dir", str(tmp_path / run), "--resume"])
+    v3, v4 = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("v3", "v4"))
+    assert v3["version"] == v4["version"] == 4 and v3["meta_step"] == 7
+    assert all(torch.equal(v3["net"][k], v4["net"][k]) for k in v4["net"])
+    assert v3["streams"][0]["tasks"] == v4["streams"][0]["tasks"]
+
+
+def test_tasks_per_step_and_world_size_are_checked(tmp_path):
+    with pytest.raises(SystemExit) as e:  # started without torchrun: a world of one
+        main(TINY + ["--run-dir", str(tmp_path / "a"), "--world-size", "2"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(TINY + ["--run-dir", str(tmp_path / "b"), "--tasks-per-step", "0"])
+    assert e.value.code == 2
+    main(TINY + ["--run-dir", str(tmp_path / "c"), "--meta-steps", "2", "--tasks-per-step", "2",
+          "--checkpoint-every", "1"])
+    with pytest.raises(SystemExit) as e:  # two streams in the checkpoint, one asked for
+        main(TINY + ["--run-dir", str(tmp_path / "c"), "--meta-steps", "3", "--resume"])
+    assert e.value.code == 2

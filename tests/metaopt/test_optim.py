@@ -42,7 +42,9 @@ def lopt_file(tmp_path, request):
     path = tmp_path / "lopt.pt"
     arch, _, extra = request.param.partition("+")
     features = ["grad_logsign", "adam_grad", "momenta"] + ([extra] if extra else [])
-    save_lopt(LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=4, features=features)), path, lr=1e-2)
+    # adam_correction: untrained, it is (almost) Adam, so these tests can expect it to train
+    cfg = LSTMConfig(arch=arch, hidden=4, features=features, output="adam_correction", odd=False)
+    save_lopt(LSTMOptimizerNet(cfg), path, lr=1e-2)
     return path
 
 
@@ -95,7 +97,7 @@ def test_compiled_step_trains_like_the_eager_one(lopt_file):
 
 def test_odd_optimizer_trains_with_the_eager_step_when_compile_is_asked(tmp_path):
     path = tmp_path / "odd.pt"
-    save_lopt(LSTMOptimizerNet(LSTMConfig(arch="tensor", hidden=4, odd=True)), path, lr=1e-2)
+    save_lopt(LSTMOptimizerNet(LSTMConfig(arch="tensor", hidden=4, output="adam_correction")), path, lr=1e-2)
     model = _model()
     with pytest.warns(UserWarning, match="odd outputs"):
         opt = LSTMOptimizer(model.parameters(), lopt=path, compile=True)
@@ -217,12 +219,44 @@ def test_bad_lopt_on_the_command_line_is_one_line(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error:"), (what, stderr)
 
 
-@pytest.mark.parametrize("name", ["lopt.pt", "lopt-lr5e-4.pt", "lopt-tensor.pt", "lopt-bounded.pt"])
+# (arch, output, odd) each shipped file was meta-trained with; lopt-tensor.pt and lopt-bounded.pt predate the key
+# `odd` (and lopt-bounded.pt `arch`), so they must read as written, whatever today's defaults are.
+SHIPPED = {"lopt.pt": ("coordinate", "direct", True), "lopt-lr5e-4.pt": ("coordinate", "direct", True),
+           "lopt-tensor.pt": ("tensor", "adam_correction", False),
+           "lopt-bounded.pt": ("coordinate", "adam_correction", False)}
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_pretrained_file_is_small_and_valid(name):
     path = PRETRAINED.parent / name
     assert path.stat().st_size < 5_000_000
     net, blob = load_lopt(path)
     assert blob["meta"], "the shipped file records its provenance"
+    assert (net.cfg.arch, net.cfg.output, net.cfg.odd) == SHIPPED[name]
+
+
+def test_the_default_config_is_the_shipped_one():
+    from metaopt.config import parse_config
+    from metaopt.meta_train import lstm_config
+
+    assert load_lopt(PRETRAINED)[0].cfg == LSTMConfig()
+    assert lstm_config(parse_config([], "meta/default.yaml", "")) == LSTMConfig()  # what meta-training trains
+
+
+def test_a_file_without_the_newer_keys_steps_as_it_did_when_written(tmp_path):
+    """A config saved before `odd` existed, or while the output defaulted to adam_correction, lacks those keys:
+    it must load as what it was, not as today's defaults."""
+    torch.manual_seed(0)
+    written = LSTMConfig(hidden=4, output="adam_correction", odd=False, out_init_std=0.5)
+    save_lopt(LSTMOptimizerNet(written), tmp_path / "new.pt", lr=1e-2)
+    blob = torch.load(tmp_path / "new.pt", weights_only=False)
+    blob["config"] = {k: v for k, v in blob["config"].items() if k not in ("odd", "output", "arch", "mlp_hidden")}
+    torch.save(blob, tmp_path / "old.pt")
+    assert load_lopt(tmp_path / "old.pt")[0].cfg == written
+    models = [_model(), _model()]
+    for model, path in zip(models, ("new.pt", "old.pt")):
+        _train(model, LSTMOptimizer(model.parameters(), lopt=tmp_path / path), 3)
+    assert all(torch.equal(a, b) for a, b in zip(*(m.parameters() for m in models)))
 
 
 def test_an_optimizer_reading_training_progress_needs_and_keeps_the_planned_steps(tmp_path):

@@ -12,7 +12,7 @@ K, LR = 4, 0.05
 
 def _setup(seed=0):
     torch.manual_seed(seed)
-    net = LSTMOptimizerNet(LSTMConfig(hidden=4, out_init_std=0.3, output="direct"))
+    net = LSTMOptimizerNet(LSTMConfig(hidden=4, out_init_std=0.3, output="direct", odd=False))
     task = RegressionFamily(batch_size=16).sample(seed, "train")
     return net, start_task(task, net, horizon=2 * K)
 

@@ -35,7 +35,8 @@ def test_every_codec_net_parameter_is_in_the_graph():
 def test_meta_gradient_reaches_every_lstm_weight_through_a_codec_unroll(arch):
     torch.manual_seed(0)
     task = _codec_task()
-    net = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=4, layers=2))
+    # not odd: an odd update cancels the output bias, which would get no gradient
+    net = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=4, layers=2, output="adam_correction", odd=False))
     ts = start_task(task, net, horizon=6)
     loss, ts1, stats = unroll(net, ts, K=3, lr=1e-3)
     loss.backward()
@@ -56,7 +57,7 @@ def test_meta_gradient_reaches_every_lstm_weight_through_a_codec_unroll(arch):
 def test_meta_gradient_matches_finite_differences(arch, features):
     torch.manual_seed(0)
     task = RegressionFamily(dim=3, hidden=2, batch_size=8, dtype=torch.float64).sample(0, "train")
-    net = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=3, out_init_std=0.3,
+    net = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=3, out_init_std=0.3, output="adam_correction", odd=False,
                                       **({"features": features} if features else {}))).double()
     ts = start_task(task, net, horizon=100)
     _, ts, _ = unroll(net, ts, K=2, lr=0.05)  # start mid-run, with non-trivial carried state
@@ -85,7 +86,7 @@ def test_meta_gradient_matches_finite_differences(arch, features):
 def test_first_order_differs_but_stays_finite():
     torch.manual_seed(0)
     task = RegressionFamily(dim=3, hidden=2, batch_size=8, dtype=torch.float64).sample(1, "train")
-    net = LSTMOptimizerNet(LSTMConfig(hidden=3, out_init_std=0.3)).double()
+    net = LSTMOptimizerNet(LSTMConfig(hidden=3, out_init_std=0.3, output="adam_correction", odd=False)).double()
     ts = start_task(task, net, horizon=100)
     g1 = torch.autograd.grad(unroll(net, ts, K=4, lr=0.05, second_order=False)[0], net.out_w)[0]
     g2 = torch.autograd.grad(unroll(net, ts, K=4, lr=0.05, second_order=True)[0], net.out_w)[0]
