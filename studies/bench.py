@@ -39,7 +39,7 @@ from metaopt.config import CONFIG_DIR, parse_config, read_yaml
 from metaopt.errors import UserError, cli_entry
 from metaopt.lstm import ARCHS, LSTMConfig, LSTMOptimizerNet
 from metaopt.memory import pin_mmap_threshold, status_bytes
-from metaopt.meta_train import build_family, lstm_config
+from metaopt.meta_train import build_family, lstm_config, task_seed
 from metaopt.optim import PRETRAINED, LSTMOptimizer, load_lopt, lopt_blob
 from metaopt.training import train_step
 from metaopt.unroll import start_task, unroll
@@ -209,7 +209,7 @@ def meta_probe(spec: dict) -> dict:
     seed_everything(spec["seed"])
     device = torch.device(spec["device"])
     cfg, K = spec["meta_cfg"], spec["unroll"]
-    task = build_family(cfg).sample(cfg["seed"] * 100_003, "train")  # meta_train's first task
+    task = build_family(cfg).sample(task_seed(cfg["seed"], 0), "train")  # meta_train's first task
     task.to(device)
     net = LSTMOptimizerNet(lstm_config(cfg)).to(device)
     meta_opt = torch.optim.Adam(net.parameters(), lr=cfg["meta_lr"])
@@ -317,8 +317,10 @@ def lopt_sources(cfg: dict) -> tuple[dict, dict]:
         unknown = [a for a in cfg["archs"] if a not in ARCHS]
         if unknown or not cfg["archs"]:
             raise UserError(f"archs must be a non-empty list of {', '.join(ARCHS)}, got {cfg['archs']!r}")
-        shipped = load_lopt(PRETRAINED)[0].cfg.arch if PRETRAINED.is_file() else None
-        files = {arch: (str(PRETRAINED), "shipped metaopt/pretrained/lopt.pt") if arch == shipped else
+        # Time the shipped file of each arch (lopt.pt, lopt-tensor.pt), else a fresh network of that arch.
+        shipped = {load_lopt(path)[0].cfg.arch: path for path in (PRETRAINED.parent / "lopt-tensor.pt", PRETRAINED)
+                   if path.is_file()}
+        files = {arch: (str(shipped[arch]), f"shipped metaopt/pretrained/{shipped[arch].name}") if arch in shipped else
                  ({"arch": arch}, f"fresh LSTMConfig(arch={arch!r}) network (a step's cost does not depend on weights)")
                  for arch in cfg["archs"]}
     sources, names = {}, {}
