@@ -14,11 +14,25 @@ import yaml
 
 from metaopt.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The YAML files live in the repository's configs/ (a source checkout, an editable install); a wheel carries
+# them inside the package as metaopt/configs (pyproject.toml maps the one folder to the other).
+_PACKAGED = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    """`path` itself, or, when it does not exist, the shipped copy a path like `configs/codec/paper.yaml` names
+    (so the README's commands work from any directory after a wheel install)."""
+    path = Path(path)
+    if not path.exists() and not path.is_absolute() and path.parts[:1] == ("configs",):
+        shipped = CONFIG_DIR.joinpath(*path.parts[1:])
+        if shipped.is_file():
+            return shipped
+    return path
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = find_config(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
