@@ -50,11 +50,11 @@ def decompress(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m codec", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m codec", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, helps in [("compress", compress, ("image to compress", "compressed output file")),
                               ("decompress", decompress, ("compressed file", "output PNG"))]:
-        p = sub.add_parser(name, help=f"{name} one image")
+        p = sub.add_parser(name, help=f"{name} one image", allow_abbrev=False)
         p.add_argument("input", help=helps[0])
         p.add_argument("output", help=helps[1])
         p.add_argument("--checkpoint", required=True, help="codec checkpoint (checkpoint.pt / best.pt of codec.train)")

@@ -124,7 +124,8 @@ def validate_runs(spec: dict, assignments: list[dict]) -> None:
 
 @cli_entry
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m metaopt.sweep", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     parser.add_argument("sweep", help="a W&B sweep YAML (configs/sweeps/*.yaml)")
     parser.add_argument("--run-dir", help="where the runs go (default: runs/sweeps/<name>)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random/bayes sampling")
