@@ -73,6 +73,20 @@ def list_images(folder: str | Path | None, split: str) -> list[Path]:
     return files[-n_test:] if split == "test" else files[:-n_test]
 
 
+def all_images(folder: str | Path | None) -> list[Path]:
+    """Every image under `folder`, whatever its layout: evaluation codes all it is given (splits are for
+    training). None = the built-in held-out (test) photos."""
+    if folder is None:
+        return builtin_images("test")
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"data folder not found: {root}")
+    files = _image_files(root)
+    if not files:
+        raise UserError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 

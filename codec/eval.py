@@ -3,7 +3,7 @@
     python -m codec.eval --checkpoint CKPT[,CKPT2...] [--data DIR] [--out results.json]
                          [--baselines jpeg,webp,avif,jpeg2000] [--plot rd.png]
 
-Per image: bpp from the bytes of our file format (header included) and from the model's likelihoods
+Every image under DIR is coded, whatever its layout (train/test splits are for training). Per image: bpp from the bytes of our file format (header included) and from the model's likelihoods
 (the difference is the entropy coder's + header's overhead), PSNR on 8-bit rounded RGB, MS-SSIM
 (pytorch-msssim, data_range 255, standard 11-px window, so only for images whose short side is > 160 px)
 also in dB = -10·log10(1 - MS-SSIM), encode/decode seconds.
@@ -25,7 +25,7 @@ from torch import nn
 
 from codec import bitstream
 from codec.baselines import CODECS, evaluate_baseline
-from codec.data import list_images, load_image, pad_to_multiple
+from codec.data import all_images, load_image, pad_to_multiple
 from codec.metrics import METRICS, image_metrics, mean_of
 from codec.models import PAD_MULTIPLE, load_model, resolve_device
 from codec.rd import bd_rate, plot_rd
@@ -118,7 +118,7 @@ def main(argv=None) -> dict:
     if unknown:
         raise UserError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(CODECS)}")
     device = resolve_device(cfg["device"])
-    paths = list_images(cfg["data"], cfg["split"])
+    paths = all_images(cfg["data"])
     if cfg["max_images"] > 0:
         paths = paths[: cfg["max_images"]]
     images = [load_image(p) for p in paths]
@@ -136,7 +136,8 @@ def main(argv=None) -> dict:
         print(f"{checkpoint}: {m['bpp']:.4f} bpp (likelihood {m['bpp-likelihood']:.4f}), "
               f"{m['psnr-rgb']:.2f} dB, enc {m['encoding_time']:.3f}s dec {m['decoding_time']:.3f}s")
 
-    description = f"{len(images)} images ({cfg['data'] or 'built-in'}/{cfg['split']}), real bitstreams"
+    source = Path(cfg["data"]).resolve() if cfg["data"] else "scikit-image's built-in test photos"
+    description = f"{len(images)} images of {source}, real bitstreams"
     report = compressai_layout(cfg["name"], description, [e["mean"] for e in entries], extra_keys=("bpp-likelihood",))
     report["checkpoints"] = sorted(entries, key=lambda e: e["mean"]["bpp"])
     out = Path(cfg["out"])

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.data import CropBatches, crop_to, list_images, load_image, pad_to_multiple
+from codec.data import CropBatches, all_images, crop_to, list_images, load_image, pad_to_multiple
 from metaopt.errors import UserError
 from tests.conftest import write_image
 
@@ -26,6 +26,9 @@ def test_image_folder_and_flat_layouts(image_folder, tmp_path):
         write_image(flat / f"{i:02d}.png", 20, 20, seed=i)
     train, test = list_images(flat, "train"), list_images(flat, "test")
     assert len(test) == 1 and len(train) == 11 and test[0].name == "11.png"
+    # Evaluation takes every image, whatever the layout.
+    assert [p.name for p in all_images(image_folder)] == ["d.png", "a.png", "b.jpg", "c.png"]
+    assert len(all_images(flat)) == 12 and all_images(None) == list_images(None, "test")
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16"])

@@ -114,7 +114,7 @@ def test_eval_cli_writes_compressai_layout(tmp_path, capsys):
     write_image(folder / "b.png", 48, 80, mode="L", seed=2)
     ckpts = [save_checkpoint(tmp_path / f"{i}.pt", seed=i) for i in range(2)]
     out = tmp_path / "res" / "results.json"
-    eval_main(["--checkpoint", ",".join(map(str, ckpts)), "--data", str(folder), "--split", "test",
+    eval_main(["--checkpoint", ",".join(map(str, ckpts)), "--data", str(folder),
                "--out", str(out), "--baselines", "jpeg", "--plot", str(tmp_path / "rd.png"), "--device", "cpu"])
     report = json.loads(out.read_text())
     assert report["name"] == "metaopt-codec" and report["description"]
@@ -123,12 +123,32 @@ def test_eval_cli_writes_compressai_layout(tmp_path, capsys):
         assert len(results[key]) == 2, key
     assert results["bpp"] == sorted(results["bpp"])
     assert [c["mean"]["bpp"] for c in report["checkpoints"]] == results["bpp"]
-    assert len(report["checkpoints"][0]["per_image"]) == 1  # flat folder: last 10% (one image) is the test split
+    assert [r["name"] for r in report["checkpoints"][0]["per_image"]] == ["a.png", "b.png"]
     jpeg = json.loads((tmp_path / "res" / "results.jpeg.json").read_text())
     assert jpeg == report["baselines"]["jpeg"] and jpeg["name"] == "JPEG"
     assert len(jpeg["results"]["bpp"]) == 8 and jpeg["results"]["bpp"] == sorted(jpeg["results"]["bpp"])
     assert set(report["bd_rate"]["jpeg"]) == {"psnr-rgb", "ms-ssim-rgb-db"}
     assert (tmp_path / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_codes_every_image_of_the_folder_exactly_as_the_cli_does(tmp_path, ckpt):
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i, (h, w) in enumerate([(40, 60), (64, 64), (37, 50), (70, 33)]):
+        write_image(folder / f"{i}.png", h, w, seed=i)
+    report = eval_main(["--checkpoint", str(ckpt), "--data", str(folder), "--out", str(tmp_path / "r.json")])
+    per_image = report["checkpoints"][0]["per_image"]
+    assert [r["name"] for r in per_image] == ["0.png", "1.png", "2.png", "3.png"]
+    assert report["description"] == f"4 images of {folder.resolve()}, real bitstreams"
+    for record in per_image:
+        image, coded, decoded = folder / record["name"], tmp_path / "x.moc", tmp_path / "x.png"
+        codec_main(["compress", str(image), str(coded), "--checkpoint", str(ckpt)])
+        codec_main(["decompress", str(coded), str(decoded), "--checkpoint", str(ckpt)])
+        original = np.asarray(Image.open(image).convert("RGB"), dtype=np.float64)
+        mse = ((original - np.asarray(Image.open(decoded), dtype=np.float64)) ** 2).mean()
+        assert record["bytes"] == coded.stat().st_size
+        assert record["bpp"] == 8 * coded.stat().st_size / (original.shape[0] * original.shape[1])
+        assert record["psnr-rgb"] == pytest.approx(10 * np.log10(255**2 / mse), rel=1e-12)
 
 
 def test_eval_cli_errors(tmp_path, capsys, ckpt):
