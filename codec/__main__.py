@@ -17,6 +17,7 @@ from PIL import Image
 from codec import bitstream
 from codec.data import load_image
 from codec.models import load_model, resolve_device
+from metaopt.checkpoint import atomic_write
 from metaopt.errors import UserError, cli_entry
 
 
@@ -29,7 +30,7 @@ def compress(args) -> None:
     x = load_image(args.input)
     model, name, config = _load(args.checkpoint, args.device)
     data = bitstream.encode(model, name, config, x)
-    bitstream.atomic_write(args.output, data)
+    atomic_write(args.output, data)
     h, w = x.shape[-2:]
     print(f"{args.output}: {len(data)} bytes, {w}x{h}, {bitstream.bpp(len(data), h, w):.4f} bpp")
 
@@ -44,7 +45,7 @@ def decompress(args) -> None:
     x_hat = bitstream.decode(model, name, config, data)
     buffer = io.BytesIO()
     Image.fromarray(bitstream.to_uint8(x_hat).numpy()).save(buffer, format="PNG")
-    bitstream.atomic_write(args.output, buffer.getvalue())
+    atomic_write(args.output, buffer.getvalue())
     h, w = x_hat.shape[-2:]
     print(f"{args.output}: {w}x{h} PNG from {len(data)} bytes ({bitstream.bpp(len(data), h, w):.4f} bpp)")
 

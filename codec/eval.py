@@ -29,6 +29,7 @@ from codec.data import all_images, load_image, pad_to_multiple
 from codec.metrics import METRICS, image_metrics, mean_of
 from codec.models import PAD_MULTIPLE, load_model, resolve_device
 from codec.rd import bd_rate, plot_rd
+from metaopt.checkpoint import atomic_write
 from metaopt.config import parse_config
 from metaopt.errors import UserError, cli_entry
 
@@ -95,7 +96,7 @@ def compressai_layout(name: str, description: str, points: Sequence[dict], extra
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    bitstream.atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def _bd_rate_or_none(anchor: dict, test: dict, metric: str) -> float | None:

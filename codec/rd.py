@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.interpolate import PchipInterpolator
 
-from codec import bitstream
+from metaopt.checkpoint import atomic_write
 
 
 def _curve(rates: Sequence[float | None], quality: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -67,4 +67,4 @@ def plot_rd(curves: Sequence[dict], path: str | Path) -> None:
             ax.legend(fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    bitstream.atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())

@@ -151,6 +151,23 @@ def test_eval_codes_every_image_of_the_folder_exactly_as_the_cli_does(tmp_path, 
         assert record["psnr-rgb"] == pytest.approx(10 * np.log10(255**2 / mse), rel=1e-12)
 
 
+def test_outputs_are_readable_by_others_under_the_usual_umask(tmp_path, ckpt):
+    import os
+    import stat
+
+    saved = os.umask(0o022)
+    try:
+        src = write_image(tmp_path / "in.png", 40, 60)
+        codec_main(["compress", str(src), str(tmp_path / "x.moc"), "--checkpoint", str(ckpt)])
+        codec_main(["decompress", str(tmp_path / "x.moc"), str(tmp_path / "x.png"), "--checkpoint", str(ckpt)])
+        eval_main(["--checkpoint", str(ckpt), "--data", str(tmp_path), "--max-images", "1",
+                   "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path / "rd.png")])
+    finally:
+        os.umask(saved)
+    for name in ("x.moc", "x.png", "r.json", "rd.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
 def test_eval_cli_errors(tmp_path, capsys, ckpt):
     for argv, match in [([], "--checkpoint is required"),
                         (["--checkpoint", str(ckpt), "--baselines", "gif"], "unknown baseline"),
