@@ -6,6 +6,7 @@ file, never a torn one.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import secrets
@@ -44,6 +45,14 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None]) -> 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def remove_stale_temporaries(directory: str | Path) -> None:
