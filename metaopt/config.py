@@ -22,6 +22,12 @@ _PACKAGED = Path(__file__).resolve().parent / "configs"
 CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "configs"
 
 
+# A run's config.yaml also records, under this key, what the config's nulls became in that run (codec.train: the
+# step size and the learned-optimizer file actually used). It is a record, not an input: `--config` skips it, so
+# a run's config.yaml can be passed back as is.
+RESOLVED = "resolved"
+
+
 def find_config(path: str | Path) -> Path:
     """`path` itself, or, when it does not exist, the shipped copy a path like `configs/codec/paper.yaml` names
     (so the README's commands work from any directory after a wheel install)."""
@@ -159,6 +165,8 @@ def parse_config(argv: list[str] | None, default: str, description: str) -> dict
     config_file = args.pop("config", None)
     if config_file:
         for key, value in read_yaml(config_file).items():
+            if key == RESOLVED:
+                continue
             if key not in defaults:
                 raise UserError(f"unknown config key {key!r} in {config_file} (known: {', '.join(defaults)})")
             config[key] = _coerce(key, value, defaults[key], config_file)
