@@ -16,12 +16,14 @@ Truncated meta-training (Andrychowicz 2016; Wichrowska 2017; Lv 2017; Harrison 2
     longer than any training horizon, so the best checkpoint is the one that stays stable past it.
 
 Outputs in RUN_DIR: config.yaml, metrics.jsonl (+ W&B offline mirror), checkpoint.pt (latest, atomic,
-for --resume), lopt.pt (best on meta-validation; the file LSTMOptimizer and `--lopt` load).
+for --resume), lopt.pt (best on meta-validation; the file LSTMOptimizer and `--lopt` load; at the end a W&B
+artifact of type "learned-optimizer" with its sha256).
 """
 from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -158,6 +160,8 @@ def main(argv=None):
         raise UserError(f"meta_gradient must be bptt or pes, got {cfg['meta_gradient']!r}")
     if cfg["meta_gradient"] == "pes" and not (cfg["pes_pairs"] >= 1 and cfg["pes_sigma"] > 0):
         raise UserError("pes needs pes_pairs >= 1 and pes_sigma > 0")
+    if cfg["meta_steps"] < 1:
+        raise UserError(f"meta_steps must be positive, got {cfg['meta_steps']}")
     run_dir = cfg["run_dir"]
     seed_everything(cfg["seed"])
     family = build_family(cfg)
@@ -244,6 +248,8 @@ def main(argv=None):
         if done % cfg["checkpoint_every"] == 0 or done == cfg["meta_steps"]:
             checkpoint(done)
     run.summary({"best_val_score": best, "skipped": skipped})
+    if Path(run_dir, "lopt.pt").is_file():
+        run.log_artifact(Path(run_dir, "lopt.pt"), "learned-optimizer")
     run.finish()
     return best
 
