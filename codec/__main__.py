@@ -17,6 +17,7 @@ from PIL import Image
 from codec import bitstream
 from codec.data import load_image
 from codec.models import load_model, resolve_device
+from metaopt.checkpoint import atomic_write
 from metaopt.errors import UserError, cli_entry
 
 
@@ -29,7 +30,7 @@ def compress(args) -> None:
     x = load_image(args.input)
     model, name, config = _load(args.checkpoint, args.device)
     data = bitstream.encode(model, name, config, x)
-    bitstream.atomic_write(args.output, data)
+    atomic_write(args.output, data)
     h, w = x.shape[-2:]
     print(f"{args.output}: {len(data)} bytes, {w}x{h}, {bitstream.bpp(len(data), h, w):.4f} bpp")
 
@@ -44,17 +45,17 @@ def decompress(args) -> None:
     x_hat = bitstream.decode(model, name, config, data)
     buffer = io.BytesIO()
     Image.fromarray(bitstream.to_uint8(x_hat).numpy()).save(buffer, format="PNG")
-    bitstream.atomic_write(args.output, buffer.getvalue())
+    atomic_write(args.output, buffer.getvalue())
     h, w = x_hat.shape[-2:]
     print(f"{args.output}: {w}x{h} PNG from {len(data)} bytes ({bitstream.bpp(len(data), h, w):.4f} bpp)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m codec", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m codec", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, helps in [("compress", compress, ("image to compress", "compressed output file")),
                               ("decompress", decompress, ("compressed file", "output PNG"))]:
-        p = sub.add_parser(name, help=f"{name} one image")
+        p = sub.add_parser(name, help=f"{name} one image", allow_abbrev=False)
         p.add_argument("input", help=helps[0])
         p.add_argument("output", help=helps[1])
         p.add_argument("--checkpoint", required=True, help="codec checkpoint (checkpoint.pt / best.pt of codec.train)")

@@ -1,6 +1,6 @@
 """CPU encode/decode timing of our hyperprior codec (through our file format) vs CompressAI's own.
 
-    python -m codec.bench [--N 128 --M 192 --height 512 --width 768 --repeats 3]
+    python -m codec.bench [--config FILE] [--N 128 --M 192 --height 512 --width 768 --repeats 3]
 
 Both sides are `bmshj2018-hyperprior` with the *same* random-init weights (timing does not depend on
 training), on the same image, in the same process, at 1 thread and at torch's default thread count.
@@ -9,7 +9,6 @@ CompressAI = `ScaleHyperprior.compress/decompress` on the raw tensor. Prints one
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -18,6 +17,7 @@ from compressai.models import ScaleHyperprior
 
 from codec import bitstream
 from codec.models import build_model, latent_stride
+from metaopt.config import parse_config
 from metaopt.errors import UserError, cli_entry
 
 MODEL = "bmshj2018-hyperprior"
@@ -72,25 +72,19 @@ def measure(N: int, M: int, height: int, width: int, repeats: int) -> dict:
 
 @cli_entry
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m codec.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--N", type=int, default=128)
-    parser.add_argument("--M", type=int, default=192)
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--width", type=int, default=768)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    if min(args.N, args.M, args.height, args.width, args.repeats) <= 0:
-        raise UserError("--N, --M, --height, --width and --repeats must be positive")
+    cfg = parse_config(argv, "codec/bench.yaml", __doc__.splitlines()[0])
+    if min(cfg["N"], cfg["M"], cfg["height"], cfg["width"], cfg["repeats"]) <= 0:
+        raise UserError("N, M, height, width and repeats must be positive")
     stride = latent_stride(MODEL)
-    if args.height % stride or args.width % stride:
-        raise UserError(f"--height and --width must be multiples of {stride} (CompressAI's compress does not pad)")
+    if cfg["height"] % stride or cfg["width"] % stride:
+        raise UserError(f"height and width must be multiples of {stride} (CompressAI's compress does not pad)")
     default_threads = torch.get_num_threads()
-    report = {"model": MODEL, "N": args.N, "M": args.M, "image": f"{args.width}x{args.height}",
-              "weights": "random init (coding time does not depend on training)", "repeats": args.repeats,
+    report = {"model": MODEL, "N": cfg["N"], "M": cfg["M"], "image": f"{cfg['width']}x{cfg['height']}",
+              "weights": "random init (coding time does not depend on training)", "repeats": cfg["repeats"],
               "statistic": "min wall seconds over repeats", "device": "cpu"}
     for threads in sorted({1, default_threads}):
         torch.set_num_threads(threads)
-        report[f"threads_{threads}"] = measure(args.N, args.M, args.height, args.width, args.repeats)
+        report[f"threads_{threads}"] = measure(cfg["N"], cfg["M"], cfg["height"], cfg["width"], cfg["repeats"])
     torch.set_num_threads(default_threads)
     print(json.dumps(report, indent=2))
     return report

@@ -24,13 +24,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import struct
-import tempfile
 import weakref
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from compressai.entropy_models import EntropyModel
@@ -267,18 +264,3 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[3, H, W] float in [0, 1] -> [H, W, 3] uint8 on CPU."""
     return (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu()
 
-
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder + os.replace: a failure never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

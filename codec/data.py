@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -73,8 +75,48 @@ def list_images(folder: str | Path | None, split: str) -> list[Path]:
     return files[-n_test:] if split == "test" else files[:-n_test]
 
 
+def all_images(folder: str | Path | None) -> list[Path]:
+    """Every image under `folder`, whatever its layout: evaluation codes all it is given (splits are for
+    training). None = the built-in held-out (test) photos."""
+    if folder is None:
+        return builtin_images("test")
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"data folder not found: {root}")
+    files = _image_files(root)
+    if not files:
+        raise UserError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+@contextmanager
+def _open_image(path: Path) -> Iterator[Image.Image]:
+    """`Image.open`, with Pillow's many ways of failing (inside the block too) as one UserError naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                yield img
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated/corrupt files surface as these in Pillow
+        raise UserError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+
+
+def check_images(paths: Sequence[str | Path]) -> None:
+    """Read every image's header and size, decoding no pixels: a file that is no image, is empty or exceeds
+    the size limit is named before a run starts, not when a batch first draws it hours later."""
+    for path in paths:
+        with _open_image(Path(path)) as img:
+            width, height = img.size
+        if not (width and height):
+            raise UserError(f"cannot read image {path}: it has no pixels ({width}x{height})")
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -83,19 +125,9 @@ def load_image(path: str | Path) -> torch.Tensor:
     Grayscale is replicated to 3 channels, alpha is dropped, palette/CMYK/YCbCr are converted, 16-bit and
     32-bit integer images are scaled by their bit depth rather than clipped.
     """
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                array = _to_rgb_array(img)
-    except FileNotFoundError:
-        raise UserError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated/corrupt files surface as these in Pillow
-        raise UserError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    with _open_image(Path(path)) as img:
+        img.load()
+        array = _to_rgb_array(img)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.interpolate import PchipInterpolator
 
-from codec import bitstream
+from metaopt.checkpoint import atomic_write
 
 
 def _curve(rates: Sequence[float | None], quality: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -53,18 +53,23 @@ def bd_rate(anchor_rate, anchor_quality, test_rate, test_quality, method: str = 
     return (math.exp(mean_log_ratio) - 1) * 100
 
 
-def plot_rd(curves: Sequence[dict], path: str | Path) -> None:
-    """Two panels, PSNR and MS-SSIM (dB) vs bpp, one line per CompressAI-layout result dict."""
-    fig = Figure(figsize=(11, 4.5), layout="constrained")  # no pyplot: no global backend or GUI state
+def rd_figure(curves: Sequence[dict]) -> Figure:
+    """Two panels, PSNR and MS-SSIM (dB) vs bpp, one line per CompressAI-layout result dict, one legend."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")  # no pyplot: no global backend or GUI state
+    lines = {}
     for ax, metric, label in zip(fig.subplots(1, 2), ("psnr-rgb", "ms-ssim-rgb-db"), ("PSNR RGB [dB]", "MS-SSIM [dB]")):
-        for curve in curves:
+        for index, curve in enumerate(curves):
             points = [(b, v) for b, v in zip(curve["results"]["bpp"], curve["results"][metric]) if v is not None]
-            if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, label=curve["name"])
+            if points:  # a fixed colour per curve: a curve missing from one panel must not shift the others'
+                lines[curve["name"]], = ax.plot(*zip(*points), marker="o", markersize=3, color=f"C{index}")
         ax.set(xlabel="bits per pixel", ylabel=label, title=f"{label.split(' [')[0]} vs rate")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # a metric no curve has (e.g. MS-SSIM of tiny images): no legend
-            ax.legend(fontsize=8)
+    if lines:  # right of both panels: inside an axes it can cover a curve
+        fig.legend(lines.values(), lines.keys(), loc="outside right upper", fontsize=8)
+    return fig
+
+
+def plot_rd(curves: Sequence[dict], path: str | Path) -> None:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    bitstream.atomic_write(path, buffer.getvalue())
+    rd_figure(curves).savefig(buffer, format="png", dpi=120)
+    atomic_write(path, buffer.getvalue())

@@ -3,7 +3,9 @@
 One loop for every optimizer: the optimizer under study gets the network parameters, CompressAI's
 entropy-bottleneck quantiles always train on their own Adam (aux loss). Outputs in the run directory:
 config.yaml, metrics.jsonl (one row per logged step; W&B mirrors it), checkpoint.pt (latest, atomic),
-best.pt (best validation loss). `--resume` continues exactly: model, both optimizers, RNG and step.
+best.pt (best validation loss; a W&B artifact of type "codec" at the end). `--resume` continues exactly: model,
+both optimizers, RNG and step. config.yaml and the W&B config also record under `resolved` what the config's
+nulls became: the step size the optimizer used and, for the learned optimizer, its file and that file's sha256.
 
 `train` reads top to bottom: `build_trainer`, `resume_from`, then `train_one_epoch` (the steps up to the next
 logged row or checkpoint), `log_row` (with `test_epoch`, the validation) and `save_checkpoint`, until the end.
@@ -23,14 +25,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from codec.data import CropBatches, center_crop, crop_to, list_images, load_image, pad_to_multiple
+from codec.data import CropBatches, center_crop, check_images, crop_to, list_images, load_image, pad_to_multiple
 from codec.losses import RateDistortionLoss, ms_ssim_any_size, psnr
 from codec.models import (MODELS, PAD_MULTIPLE, build_model, latent_stride, load_model, resolve_device,
                           split_parameters)
 from metaopt import checkpoint as ckpt_io
-from metaopt.config import parse_config
+from metaopt.config import RESOLVED, parse_config
 from metaopt.errors import UserError, cli_entry
 from metaopt.guard import SpikeGuard
+from metaopt.optim import PRETRAINED
 from metaopt.optimizers import OPTIMIZERS, make_optimizer
 from metaopt.tracking import Run
 from metaopt.training import aux_step, backward, clip_gradients
@@ -54,11 +57,11 @@ def lr_factor(cfg: dict, step: int) -> float:
 def check_config(cfg: dict) -> None:
     if cfg["model"] not in MODELS:
         raise UserError(f"unknown model {cfg['model']!r}; choose one of: {', '.join(MODELS)}")
-    for key in ("steps", "val_every", "log_every", "checkpoint_every", "val_crop", "threads", "workers",
-                "stop_after_nonfinite", "spike_guard"):
+    for key in ("val_crop", "threads", "workers", "stop_after_nonfinite", "spike_guard"):
         if cfg[key] < 0:
             raise UserError(f"{key} must be >= 0, got {cfg[key]}")
-    for key in ("batch_size", "crop", "N", "M", "val_every", "log_every", "checkpoint_every", "spike_snapshot_every"):
+    for key in ("steps", "batch_size", "crop", "N", "M", "val_every", "log_every", "checkpoint_every",
+                "spike_snapshot_every"):
         if cfg[key] <= 0:
             raise UserError(f"{key} must be positive, got {cfg[key]}")
     multiple = latent_stride(cfg["model"])
@@ -249,9 +252,9 @@ def train_one_epoch(trainer: Trainer, state: TrainState, batches: Iterator[torch
             return figures
 
 
-def validation_images(cfg: dict) -> list[torch.Tensor]:
-    images = [load_image(p) for p in list_images(cfg["data"], "test")]
-    return [center_crop(x, cfg["val_crop"]) for x in images] if cfg["val_crop"] else images
+def validation_images(paths: list[Path], val_crop: int) -> list[torch.Tensor]:
+    images = [load_image(p) for p in paths]
+    return [center_crop(x, val_crop) for x in images] if val_crop else images
 
 
 @torch.no_grad()
@@ -313,19 +316,33 @@ def log_row(trainer: Trainer, state: TrainState, row: dict, run_dir: Path, val_i
     state.window = empty_window()
 
 
+def resolved_settings(trainer: Trainer) -> dict:
+    """What the config's nulls became in this run: the step size the optimizer under study uses (`lr: null` = its
+    default) and, for the learned optimizer, the file it loaded (`lopt: null` = the shipped one) and its sha256."""
+    cfg = trainer.cfg
+    resolved = {"lr": trainer.base_lrs[0]}
+    if cfg["optimizer"] == "lstm":
+        lopt = Path(cfg["lopt"] or PRETRAINED).resolve()
+        resolved.update(lopt=str(lopt), lopt_sha256=ckpt_io.file_sha256(lopt))
+    return resolved
+
+
 def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: bool = True) -> dict:
     """Run (or resume) one training run; returns the final metrics row."""
     check_config(cfg)
+    train_paths, val_paths = list_images(cfg["data"], "train"), list_images(cfg["data"], "test")
+    check_images(train_paths + val_paths)  # a bad file is named now, not when a batch first draws it hours later
     device = resolve_device(cfg["device"])
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     latest = checked_run_dir(run_dir, cfg["resume"])
     ckpt_io.seed_everything(cfg["seed"])
     trainer = build_trainer(cfg, device)
-    batches = CropBatches(list_images(cfg["data"], "train"), cfg["crop"], cfg["batch_size"], cfg["seed"])
-    val_images = validation_images(cfg)
+    batches = CropBatches(train_paths, cfg["crop"], cfg["batch_size"], cfg["seed"])
+    val_images = validation_images(val_paths, cfg["val_crop"])
     state = resume_from(latest, trainer) if cfg["resume"] else TrainState()
-    run = Run(run_dir, cfg, job_type="codec-train", group=group or cfg["group"], tags=[cfg["optimizer"]],
+    run = Run(run_dir, {**cfg, RESOLVED: resolved_settings(trainer)}, job_type="codec-train",
+              group=group or cfg["group"], tags=[cfg["optimizer"], *cfg["tags"]],
               resume_step=state.step if cfg["resume"] else None)
     # Batches depend only on (seed, step); the loader gets its own generator so that creating it does not
     # draw from the global RNG (which drives the quantization noise and must resume exactly).
@@ -352,6 +369,8 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
             break
     bar.close()
     run.summary({**row, "best_val_loss": state.best_val})
+    if (run_dir / "best.pt").is_file():
+        run.log_artifact(run_dir / "best.pt", "codec")
     run.finish()
     return row
 

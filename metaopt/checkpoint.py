@@ -6,11 +6,12 @@ file, never a torn one.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -18,23 +19,44 @@ import torch
 from metaopt.errors import UserError
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
+def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None]) -> None:
+    """Write `data` (bytes, or a function that writes to a binary file) to `path` atomically.
+
+    The temporary file is created like any new file, mode 0666 less the umask: `tempfile.mkstemp`'s 0600
+    would survive the rename and hide checkpoints and outputs from the user's group.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
+def atomic_save(obj: Any, path: str | Path) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def remove_stale_temporaries(directory: str | Path) -> None:
-    """Delete temporaries left by a process killed inside `atomic_save` (the real files are intact)."""
+    """Delete temporaries left by a process killed inside `atomic_write` (the real files are intact)."""
     for tmp in Path(directory).glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
 

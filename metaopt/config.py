@@ -7,6 +7,8 @@ silently. Every key becomes a flag (`--lr 3e-4`, `--run-dir X`, booleans as `--r
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,31 @@ import yaml
 
 from metaopt.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The YAML files live in the repository's configs/ (a source checkout, an editable install); a wheel carries
+# them inside the package as metaopt/configs (pyproject.toml maps the one folder to the other).
+_PACKAGED = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+
+# A run's config.yaml also records, under this key, what the config's nulls became in that run (codec.train: the
+# step size and the learned-optimizer file actually used). It is a record, not an input: `--config` skips it, so
+# a run's config.yaml can be passed back as is.
+RESOLVED = "resolved"
+
+
+def find_config(path: str | Path) -> Path:
+    """`path` itself, or, when it does not exist, the shipped copy a path like `configs/codec/paper.yaml` names
+    (so the README's commands work from any directory after a wheel install)."""
+    path = Path(path)
+    if not path.exists() and not path.is_absolute() and path.parts[:1] == ("configs",):
+        shipped = CONFIG_DIR.joinpath(*path.parts[1:])
+        if shipped.is_file():
+            return shipped
+    return path
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = find_config(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
@@ -92,40 +114,64 @@ def _coerce(key: str, value: Any, like: Any, source: str) -> Any:
         raise UserError(f"{source}: {key!r} must be {type(like).__name__}, got {value!r}") from None
 
 
-def parse_config(argv: list[str] | None, default: str, description: str,
-                 extra_args: callable = None) -> dict[str, Any]:
-    """Build the run config for a CLI.
+def key_comments(path: str | Path) -> dict[str, str]:
+    """The trailing `# ...` comment of each top-level key of a config file, joined with the indented comment
+    lines that continue it: the keys' documentation, shown by `--help`."""
+    comments, key = {}, None
+    for line in Path(path).read_text().splitlines():
+        entry = re.match(r"([A-Za-z_]\w*):[^#]*(?:#\s*(.*))?$", line)
+        continuation = re.match(r"\s+#\s*(.*)$", line)
+        if entry:
+            key = entry.group(1) if entry.group(2) else None
+            if key:
+                comments[key] = entry.group(2).strip()
+        elif continuation and key:
+            comments[key] += " " + continuation.group(1).strip()
+        else:
+            key = None
+    return comments
 
-    `default` is a path relative to `configs/` (e.g. "codec/default.yaml"). `extra_args(parser)` may add
-    positional arguments that are not config keys; their values are merged into the result.
-    """
+
+def program_name() -> str | None:
+    """`python -m codec.train` when started that way (argparse would show `train.py`)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return f"python -m {spec.name.removesuffix('.__main__')}" if spec else None
+
+
+def parse_config(argv: list[str] | None, default: str, description: str) -> dict[str, Any]:
+    """Build the run config for a CLI; `default` is a path relative to `configs/` (e.g. "codec/default.yaml")."""
     defaults = read_yaml(CONFIG_DIR / default)
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    if extra_args:
-        extra_args(parser)
-    parser.add_argument("--config", help=f"YAML file overriding configs/{default}")
+    comments = key_comments(CONFIG_DIR / default)
+    # No abbreviations: `--opt sgd` must not silently mean `--optimizer sgd`.
+    parser = argparse.ArgumentParser(prog=program_name(), description=description, allow_abbrev=False)
+    parser.add_argument("--config", metavar="FILE", help=f"YAML file overriding configs/{default}")
     for key, value in defaults.items():
         flag = "--" + key.replace("_", "-")
         flags = [flag] if flag == "--" + key else [flag, "--" + key]  # W&B agents pass --batch_size=8
+        meaning = comments.get(key, "").replace("%", "%%")  # argparse formats help with %
+        shown = "null" if value is None else str(value).lower() if isinstance(value, bool) else value
+        help_text = f"{meaning} (default: {shown})".strip()
         if isinstance(value, bool):
             parser.add_argument(*flags, dest=key, nargs="?", const="true", default=argparse.SUPPRESS,
-                                metavar="BOOL", help=f"(default: {value})")
+                                metavar="BOOL", help=help_text)
             parser.add_argument("--no-" + flag[2:], dest=key, action="store_const", const="false",
                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
             parser.add_argument(*flags, dest=key, default=argparse.SUPPRESS, metavar=type(value).__name__.upper()
-                                if value is not None else "VALUE", help=f"(default: {value})")
+                                if value is not None else "VALUE", help=help_text)
     args = vars(parser.parse_args(argv))
 
     config = dict(defaults)
     config_file = args.pop("config", None)
     if config_file:
         for key, value in read_yaml(config_file).items():
+            if key == RESOLVED:
+                continue
             if key not in defaults:
                 raise UserError(f"unknown config key {key!r} in {config_file} (known: {', '.join(defaults)})")
             config[key] = _coerce(key, value, defaults[key], config_file)
     for key, value in args.items():
-        config[key] = _coerce(key, value, defaults.get(key), "command line") if key in defaults else value
+        config[key] = _coerce(key, value, defaults[key], "command line")
     return config
 
 

@@ -19,7 +19,7 @@ Truncated meta-training (Andrychowicz 2016; Wichrowska 2017; Lv 2017; Harrison 2
 Outputs in RUN_DIR, written by the first process alone: config.yaml (with the `world_size` it ran at),
 metrics.jsonl (+ W&B offline mirror), checkpoint.pt (latest, atomic, every stream's inner run in flight
 included, for --resume at the same world size), lopt.pt (best on meta-validation; the file LSTMOptimizer and
-`--lopt` load).
+`--lopt` load; at the end a W&B artifact of type "learned-optimizer" with its sha256).
 """
 from __future__ import annotations
 
@@ -88,6 +88,8 @@ def check_config(cfg: dict) -> None:
         raise UserError("pes needs pes_pairs >= 1 and pes_sigma > 0")
     if cfg["tasks_per_step"] < 1 or cfg["val_tasks"] < 1:
         raise UserError("tasks_per_step and val_tasks must be >= 1")
+    if cfg["meta_steps"] < 1:
+        raise UserError(f"meta_steps must be positive, got {cfg['meta_steps']}")
 
 
 def device_kind(choice: str) -> str:
@@ -360,6 +362,8 @@ def main(argv=None):
             trainer.save(run_dir / "checkpoint.pt")
     if run:
         run.summary({"best_val_score": trainer.best, "skipped": trainer.skipped})
+        if (run_dir / "lopt.pt").is_file():
+            run.log_artifact(run_dir / "lopt.pt", "learned-optimizer")
         run.finish()
     world.leave()
     return trainer.best

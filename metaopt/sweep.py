@@ -5,6 +5,10 @@ the same file and does the agent's job offline: it expands `parameters` (grid: t
 `run_cap` samples), substitutes the `command` template (${env} ${interpreter} ${program} ${args}) exactly
 as the agent would, and runs each command in a subprocess with its own `--run-dir` under the sweep's
 directory. Every run is validated before the first one starts; finished runs are skipped on a rerun.
+
+sweep_results.json: {"metric", "best", "runs"}. Each run's "objective" is the sweep metric's value as the
+W&B summary holds it (the best value for metrics with a best-value summary, like val_loss; else the last),
+and "best" is the run with the best objective by the metric's goal, as W&B ranks them.
 """
 from __future__ import annotations
 
@@ -124,7 +128,8 @@ def validate_runs(spec: dict, assignments: list[dict]) -> None:
 
 @cli_entry
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m metaopt.sweep", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     parser.add_argument("sweep", help="a W&B sweep YAML (configs/sweeps/*.yaml)")
     parser.add_argument("--run-dir", help="where the runs go (default: runs/sweeps/<name>)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random/bayes sampling")
@@ -153,18 +158,35 @@ def main(argv=None):
                 results.append({"run": run_dir.name, **assignment, "exit_code": code})
                 continue
             done.write_text(json.dumps({"exit_code": 0}))
-        results.append({"run": run_dir.name, **assignment, "exit_code": 0, **_final_metrics(run_dir)})
+        results.append({"run": run_dir.name, **assignment, "exit_code": 0, **_outcome(run_dir, spec.get("metric"))})
     if not args.dry_run:
         root.mkdir(parents=True, exist_ok=True)
-        (root / "sweep_results.json").write_text(json.dumps(results, indent=2))
+        best = best_run(results, spec.get("metric"))
+        (root / "sweep_results.json").write_text(json.dumps({"metric": spec.get("metric"), "best": best,
+                                                             "runs": results}, indent=2))
+        if best is not None:
+            print(f"best run by {spec['metric']['name']} ({spec['metric']['goal']}): {best['run']} "
+                  f"({best['objective']:.6g})")
         print(f"results: {root / 'sweep_results.json'}")
 
 
-def _final_metrics(run_dir: Path) -> dict:
-    from metaopt.tracking import read_metrics
+def _outcome(run_dir: Path, metric: dict | None) -> dict:
+    """The run's last metrics row, plus its objective when the sweep names a metric."""
+    from metaopt.tracking import read_metrics, summary_value
 
     rows = read_metrics(run_dir / "metrics.jsonl")
-    return {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}
+    outcome = {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}
+    if metric:
+        outcome["objective"] = summary_value(rows, metric["name"])
+    return outcome
+
+
+def best_run(results: list[dict], metric: dict | None) -> dict | None:
+    scored = [r for r in results if isinstance(r.get("objective"), (int, float)) and math.isfinite(r["objective"])]
+    if not metric or not scored:
+        return None
+    pick = min if metric["goal"] == "minimize" else max
+    return pick(scored, key=lambda r: r["objective"])
 
 
 if __name__ == "__main__":

@@ -2,7 +2,11 @@
 
 W&B runs offline by default (written under `RUN_DIR/wandb/`, uploadable later with `wandb sync`), honours
 `WANDB_MODE=online|offline|disabled`, and is never allowed to kill a run: any W&B failure prints one
-warning and the run continues with local metrics only.
+warning and the run continues with local metrics only. A run started by `wandb agent` (which sets
+WANDB_SWEEP_ID) has no offline default: it reports to the agent's server unless WANDB_MODE says otherwise.
+
+Every chart's x axis is our `step` (`define_metric`), and the run summary keeps the best value of the
+metrics in SUMMARIES rather than the last one, so run tables and sweeps rank runs by it.
 """
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from metaopt.checkpoint import file_sha256
 from metaopt.config import save_yaml
 
 PROJECT = os.environ.get("WANDB_PROJECT", "metaopt-codec")
+SUMMARIES = {"val_loss": "min", "val_psnr": "max", "val_ms_ssim": "max", "val_score": "min"}
 
 
 def _jsonable(v: Any) -> Any:
@@ -26,6 +32,15 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no NaN/inf; keep them visible rather than dropping the row
     return v
+
+
+def summary_value(rows: list[dict], name: str):
+    """What the W&B summary holds for `name` after these rows: the best (SUMMARIES) or the last value."""
+    values = [r[name] for r in rows if isinstance(r.get(name), (int, float))]
+    if not values:
+        return None
+    rule = SUMMARIES.get(name)
+    return min(values) if rule == "min" else max(values) if rule == "max" else values[-1]
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -71,7 +86,8 @@ class Run:
         self.wandb = None
 
     def _init_wandb(self, config, job_type, group, tags, name, resume) -> None:
-        mode = os.environ.get("WANDB_MODE", "offline")
+        under_agent = bool(os.environ.get("WANDB_SWEEP_ID"))
+        mode = os.environ.get("WANDB_MODE") or (None if under_agent else "offline")
         if mode == "disabled":
             return
         id_file = self.dir / "wandb_id"
@@ -90,6 +106,12 @@ class Run:
                                     config=config, job_type=job_type, group=group, tags=tags, name=name,
                                     settings=wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 60)),
                                                             console="off"))
+            self.wandb.define_metric("step")
+            self.wandb.define_metric("*", step_metric="step")
+            for metric, summary in SUMMARIES.items():
+                self.wandb.define_metric(metric, step_metric="step", summary=summary)
+            if self.wandb.url:  # online only (WANDB_SILENT keeps wandb's own banner quiet)
+                print(f"W&B run: {self.wandb.url}", file=sys.stderr)
         except Exception as e:  # noqa: BLE001 - bad key, no network, full disk: never fatal
             self._warn("init", e)
 
@@ -101,15 +123,18 @@ class Run:
         self._file.flush()
         if self.wandb is not None:
             try:
-                self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
+                # `step` is a logged value (the x axis), not wandb's own step: a resumed run re-logs the steps
+                # after its checkpoint, which wandb's monotonic step would drop.
+                self.wandb.log(row)
             except Exception as e:  # noqa: BLE001
                 self._warn("log", e)
         return row
 
     def summary(self, values: dict[str, Any]) -> None:
+        """Final values for the W&B summary; metrics in SUMMARIES keep their best value, not these."""
         if self.wandb is not None:
             try:
-                self.wandb.summary.update({k: _jsonable(v) for k, v in values.items()})
+                self.wandb.summary.update({k: _jsonable(v) for k, v in values.items() if k not in SUMMARIES})
             except Exception as e:  # noqa: BLE001
                 self._warn("summary", e)
 
@@ -125,6 +150,22 @@ class Run:
             self.wandb.log(payload)
         except Exception as e:  # noqa: BLE001
             self._warn("file logging", e)
+
+    def log_artifact(self, path: str | Path, type: str, name: str | None = None) -> str:
+        """Log a file as a W&B artifact (`type` e.g. "codec" or "learned-optimizer"; `name` defaults to
+        `<type>-<run id>`) with its sha256 in the metadata. Returns the sha256, also when W&B is off."""
+        digest = file_sha256(path)
+        if self.wandb is not None:
+            try:
+                import wandb
+
+                artifact = wandb.Artifact(name or f"{type}-{self.wandb.id}", type=type,
+                                          metadata={"sha256": digest, "file": Path(path).name})
+                artifact.add_file(str(path))
+                self.wandb.log_artifact(artifact)
+            except Exception as e:  # noqa: BLE001
+                self._warn("artifact logging", e)
+        return digest
 
     def finish(self) -> None:
         self._file.close()

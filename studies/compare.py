@@ -7,7 +7,7 @@
    a learned optimizer should need no tuning) tunes the LSTM's nominal step by the same rule.
 2. Run every optimizer x seed for T steps on the same held-out codec task (tuned Adam; the others at their
    defaults or tuned step), each a full `codec.train` run logged to W&B with a shared group, job_type "compare" and
-   tags [optimizer].
+   tags [optimizer] (the runs of step 1 also `tuning`: they choose a setting, they are not results).
 3. Analyse the runs' own metrics.jsonl: target loss = tuned Adam's final training loss (mean over the seeds
    that did not diverge),
    steps and seconds to reach it per run, median ratios other/Adam, losses at 1x/5x/10x the learned
@@ -115,11 +115,11 @@ def check_config(cfg: dict) -> dict:
     return {"seeds": seeds, "tune_seeds": tune_seeds, "codec": codec_cfg}
 
 
-def codec_config(cfg: dict, optimizer: str, lr, seed: int) -> dict:
+def codec_config(cfg: dict, optimizer: str, lr, seed: int, tags: tuple[str, ...] = ()) -> dict:
     steps = cfg["steps"]
     return default_config(**{k: cfg[k] for k in CODEC_KEYS}, optimizer=optimizer, lr=lr, seed=seed,
                           lopt=cfg["lopt"], steps=steps, val_every=steps, checkpoint_every=max(1, steps // 10),
-                          eval_at_end=False, group=cfg["group"])
+                          eval_at_end=False, group=cfg["group"], tags=list(tags))
 
 
 def meta_horizon(cfg: dict) -> int | None:
@@ -198,7 +198,8 @@ def run_compare(cfg: dict, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     grids = {"adam": cfg["adam_lrs"], **({"lstm": cfg["lstm_lrs"]} if cfg["lstm_lrs"] else {})}
-    tune_jobs = [(run_dir / "tune" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}", codec_config(cfg, optimizer, lr, seed))
+    tune_jobs = [(run_dir / "tune" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}",
+                  codec_config(cfg, optimizer, lr, seed, tags=("tuning",)))
                  for optimizer, grid in grids.items() for lr in grid for seed in plan["tune_seeds"]]
     with worker_pool(cfg["workers"]) as pool:
         tune_rows = run_all(tune_jobs, group, pool)

@@ -12,7 +12,7 @@ import random
 
 import torch
 
-from codec.data import CropBatches, list_images
+from codec.data import CropBatches, check_images, list_images
 from codec.losses import RateDistortionLoss
 from codec.models import build_model, split_parameters
 from metaopt.tasks.base import Task, TaskFamily
@@ -52,6 +52,8 @@ class CodecFamily(TaskFamily):
         self.models, self.sizes = list(models), [tuple(int(v) for v in s) for s in sizes]
         self.lmbda_range = (lmbda_min, lmbda_max)
         self.kwargs = dict(distortion=distortion, crop=crop, batch_size=batch_size, data=data, aux_lr=aux_lr)
+        # Every image's header, now: a bad file is named before a run starts, not when a task first crops it.
+        check_images([path for split in sorted(set(self.IMAGE_SPLIT.values())) for path in list_images(data, split)])
 
     # Meta-training tasks crop the "meta" images; meta-validation ("test" tasks) crops the codec "train"
     # images, so neither sees the "test" images that studies.compare tunes Adam's LR on (codec/data.py).

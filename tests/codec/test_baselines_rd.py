@@ -81,3 +81,18 @@ def test_plot_rd_writes_a_two_panel_png(tmp_path):
     with Image.open(path) as img:
         assert img.format == "PNG" and img.width > img.height  # two panels side by side
     assert not list(path.parent.glob(".rd.png.*"))
+
+
+def test_rd_legend_sits_outside_the_curves():
+    from codec.rd import rd_figure
+
+    curve = {"name": "ours", "results": {"bpp": ANCHOR_RATE, "psnr-rgb": ANCHOR_PSNR, "ms-ssim-rgb-db": [None] * 4}}
+    fig = rd_figure([curve, {**curve, "name": "JPEG", "results": {**curve["results"], "ms-ssim-rgb-db": [9, 11, 13, 15]}}])
+    fig.canvas.draw()
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["ours", "JPEG"]
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+    # The same curve has the same colour in both panels even when it is missing from one.
+    jpeg_lines = [line for ax in fig.axes for line in ax.get_lines() if line.get_color() == "C1"]
+    assert len(jpeg_lines) == 2

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from codec.data import CropBatches, crop_to, list_images, load_image, pad_to_multiple
+from codec.data import CropBatches, all_images, check_images, crop_to, list_images, load_image, pad_to_multiple
 from metaopt.errors import UserError
 from tests.conftest import write_image
 
@@ -26,6 +26,9 @@ def test_image_folder_and_flat_layouts(image_folder, tmp_path):
         write_image(flat / f"{i:02d}.png", 20, 20, seed=i)
     train, test = list_images(flat, "train"), list_images(flat, "test")
     assert len(test) == 1 and len(train) == 11 and test[0].name == "11.png"
+    # Evaluation takes every image, whatever the layout.
+    assert [p.name for p in all_images(image_folder)] == ["d.png", "a.png", "b.jpg", "c.png"]
+    assert len(all_images(flat)) == 12 and all_images(None) == list_images(None, "test")
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "CMYK", "I;16"])
@@ -48,6 +51,23 @@ def test_unreadable_and_missing_images_raise_user_errors(tmp_path):
     for name in ("empty.png", "text.jpg", "missing.png"):
         with pytest.raises(UserError):
             load_image(tmp_path / name)
+
+
+def test_check_images_names_the_first_bad_file_without_decoding(tmp_path, image_folder):
+    from tests.codec.test_hostile_images import png_claiming
+
+    good = all_images(image_folder)
+    check_images(good)
+    (tmp_path / "text.jpg").write_text("not an image")
+    bad = [tmp_path / "text.jpg", tmp_path / "missing.png", png_claiming(tmp_path / "bomb.png", 100_000, 100_000),
+           png_claiming(tmp_path / "zero.png", 0, 5)]
+    for path in bad:
+        with pytest.raises(UserError, match=str(path)):
+            check_images([*good, path])
+    # A truncated pixel stream is a decoding matter (found when loaded): the header check stays fast.
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good[1].read_bytes()[:200])
+    check_images([truncated])
 
 
 def test_missing_and_empty_folders(tmp_path):

@@ -59,7 +59,8 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path, image_folder, capsy
     (["--data", "/nonexistent/folder"], "data folder not found"),
     (["--model", "bmshj2018-bogus"], "unknown model"),
     (["--optimizer", "rmsprop"], "unknown optimizer"),
-    (["--steps", "-5"], "steps must be >= 0"),
+    (["--steps", "-5"], "steps must be positive, got -5"),
+    (["--steps", "0"], "steps must be positive, got 0"),
     (["--crop", "96"], "multiple of 64"),
     (["--distortion", "l1"], "unknown distortion"),
     (["--lr", "fast"], "lr must be"),
@@ -85,6 +86,51 @@ def test_empty_data_folder_and_unreadable_image(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["--data", str(folder), "--run-dir", str(tmp_path / "r"), *TINY, "--steps", "1"])
         assert message in capsys.readouterr().err
+
+
+def test_a_bad_image_is_named_before_the_run_directory_exists(tmp_path, image_folder, capsys):
+    bad = image_folder / "train" / "zz-truncated.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)  # the last image: a batch might draw it much later
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, image_folder, "r", "--steps", "2")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: cannot read image {bad}") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lstm"])
+def test_run_records_what_its_nulls_resolved_to_and_logs_best_pt(tmp_path, image_folder, monkeypatch, optimizer):
+    import hashlib
+
+    import yaml
+
+    from metaopt.config import parse_config
+    from metaopt.optim import PRETRAINED, load_lopt
+    from tests.metaopt.test_tracking import wandb_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = [a for a in TINY if a not in ("--lr", "1e-3")]  # lr null: the optimizer's default
+    main(["--data", str(image_folder), "--run-dir", str(tmp_path / "r"), *args, "--steps", "2",
+          "--optimizer", optimizer])
+    config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert config["lr"] is None and config["lopt"] is None
+    if optimizer == "lstm":
+        assert config["resolved"] == {"lr": load_lopt(None)[1]["lr"], "lopt": str(PRETRAINED),
+                                      "lopt_sha256": hashlib.sha256(PRETRAINED.read_bytes()).hexdigest()}
+    else:
+        assert config["resolved"] == {"lr": 1e-4}
+    # The same record is in the W&B config, and best.pt is the run's "codec" artifact.
+    records = wandb_records(next((tmp_path / "r" / "wandb").glob("offline-run-*/*.wandb")))
+    wandb_config = {item.key: json.loads(item.value_json) for r in records if r.WhichOneof("record_type") == "run"
+                    for item in r.run.config.update}
+    assert wandb_config["resolved"] == config["resolved"]
+    (artifact,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert artifact.type == "codec" and [e.path for e in artifact.manifest.contents] == ["best.pt"]
+    best = (tmp_path / "r" / "best.pt").read_bytes()
+    assert json.loads(artifact.metadata)["sha256"] == hashlib.sha256(best).hexdigest()
+    # A run's config.yaml passes back as --config: the record is not an input.
+    again = parse_config(["--config", str(tmp_path / "r" / "config.yaml")], "codec/default.yaml", "t")
+    assert again == {k: v for k, v in config.items() if k != "resolved"}
 
 
 def test_bad_config_key_in_file(tmp_path, capsys):

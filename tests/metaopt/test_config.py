@@ -42,3 +42,34 @@ def test_list_flags_take_commas_or_yaml_flow_syntax():
     assert cfg["models"] == ["bmshj2018-hyperprior"]
     yaml_floats = parse_config(["--momentum-betas", "[1e-3, 2e-3]"], "meta/default.yaml", "t")["momentum_betas"]
     assert yaml_floats == [1e-3, 2e-3]  # YAML 1.1 would read these as strings
+
+
+def test_help_shows_each_keys_meaning_from_the_yaml_comments(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_config(["--help"], "codec/default.yaml", "t")
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse re-wraps the lines
+    assert "--optimizer STR adam | sgd | lstm (network parameters only;" in text
+    assert "the first updates, from a random init, are the ones that blow up (default: 0)" in text  # continued
+    assert "--lr VALUE null = the optimizer's default" in text and "(default: null)" in text
+
+
+def test_key_comments_parser(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("# a file comment\nplain: 1\n  # not plain's: it has no comment of its own\n"
+                    "a: [1, 2]   # first line\n             # second line\n\n# section\nb: x # 100% sure\n")
+    from metaopt.config import key_comments
+
+    assert key_comments(path) == {"a": "first line second line", "b": "100% sure"}
+
+
+def test_abbreviations_are_refused():
+    """`--opt sgd` must not silently mean `--optimizer sgd`; usage names the command the user typed."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "codec.train", "--opt", "sgd"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: python -m codec.train ")
+    assert "error: unrecognized arguments: --opt sgd" in proc.stderr and "Traceback" not in proc.stderr

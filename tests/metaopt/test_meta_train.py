@@ -98,6 +98,33 @@ def test_resume_without_checkpoint_and_bad_key_exit_2(tmp_path, capsys):
     assert e.value.code == 2
 
 
+def test_zero_meta_steps_and_a_bad_codec_image_are_refused_before_the_run_directory_exists(tmp_path, capsys,
+                                                                                           image_folder):
+    bad = image_folder / "train" / "zz.png"  # the codec "train" images are the meta-validation tasks' images
+    bad.write_text("not an image")
+    for argv, message in [(TINY + ["--meta-steps", "0"], "error: meta_steps must be positive, got 0"),
+                          (["--data", str(image_folder), "--meta-steps", "2"], f"error: cannot read image {bad}")]:
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--run-dir", str(tmp_path / "run")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+        assert not (tmp_path / "run").exists()
+
+
+def test_lopt_pt_is_logged_as_a_learned_optimizer_artifact(tmp_path, monkeypatch):
+    import hashlib
+
+    from tests.metaopt.test_tracking import wandb_records
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    main(TINY + ["--meta-steps", "3", "--run-dir", str(run)])
+    records = wandb_records(next((run / "wandb").glob("offline-run-*/*.wandb")))
+    (artifact,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert artifact.type == "learned-optimizer" and [e.path for e in artifact.manifest.contents] == ["lopt.pt"]
+    assert json.loads(artifact.metadata)["sha256"] == hashlib.sha256((run / "lopt.pt").read_bytes()).hexdigest()
+
+
 def test_horizons_are_heavy_tailed_and_follow_the_curriculum():
     import random
 

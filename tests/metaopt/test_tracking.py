@@ -110,3 +110,111 @@ def test_atomic_save_never_leaves_a_torn_file(tmp_path, monkeypatch, kill_at):
     monkeypatch.setattr(torch, "save", real_save)
     assert checkpoint.load(path)["step"] == 1 + kill_at
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def wandb_records(path, timeout=60.0):
+    """The records of a finished run's .wandb file, parsed by wandb's own protobuf schema. The framing is
+    LevelDB's log format (32 KiB blocks of chunks: crc32 u32, length u16, type u8 FULL=1 FIRST=2 MIDDLE=3
+    LAST=4), which the wandb package reads only in its Go core, so it is unpacked here. That core writes the
+    file in the background: `finish()` may return before the last records (up to `exit`) are on disk."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(path)
+        if (records and records[-1].WhichOneof("record_type") == "exit") or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def _wandb_records(path):
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, block = path.read_bytes(), 32768
+    assert data[:4] == b":W&B"
+    pos, pending, records = 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack_from("<IHB", data, pos)
+        if pos + 7 + length > len(data):  # still being written
+            break
+        pending += data[pos + 7: pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_offline_run_file_holds_metric_definitions_artifacts_and_best_summaries(tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    weights = tmp_path / "lopt.pt"
+    weights.write_bytes(b"learned optimizer weights")
+    run = Run(tmp_path / "r", {"lr": 1e-3}, job_type="meta-train")
+    for step, val_loss in [(1, 2.0), (2, 1.0), (3, 3.0)]:
+        run.log({"loss": val_loss, "val_loss": val_loss, "val_psnr": 30 - val_loss}, step=step)
+    digest = run.log_artifact(weights, "learned-optimizer", name="lopt")
+    run.summary({"val_loss": 3.0, "best_val_loss": 1.0})  # a final row must not replace the best val_loss
+    run.finish()
+    assert digest == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    records = wandb_records(next((tmp_path / "r" / "wandb").glob("offline-run-*/*.wandb")))
+    metrics = {r.metric.name or r.metric.glob_name: r.metric for r in records if r.WhichOneof("record_type") == "metric"}
+    assert metrics["*"].step_metric == "step" and metrics["val_loss"].step_metric == "step"
+    assert metrics["val_loss"].summary.min and metrics["val_psnr"].summary.max
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    assert [(a.name, a.type) for a in artifacts] == [("lopt", "learned-optimizer")]
+    assert json.loads(artifacts[0].metadata)["sha256"] == digest
+    assert [e.path for e in artifacts[0].manifest.contents] == ["lopt.pt"]
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    assert [h["step"] for h in history] == [1, 2, 3] and [h["val_loss"] for h in history] == [2.0, 1.0, 3.0]
+    summaries = [r.summary for r in records if r.WhichOneof("record_type") == "summary"]
+    final = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for s in summaries for i in s.update}
+    assert final["best_val_loss"] == 1.0 and final["val_loss"] == {"min": 1.0} and final["val_psnr"] == {"max": 29.0}
+
+
+def test_runs_started_by_wandb_agent_follow_the_agents_mode(tmp_path, monkeypatch):
+    import wandb
+
+    seen = []
+
+    def init(**kwargs):
+        seen.append(kwargs["mode"])
+        raise OSError("no W&B server in the tests")
+
+    monkeypatch.setattr(wandb, "init", init)
+    monkeypatch.delenv("WANDB_MODE")
+    Run(tmp_path / "a", {}, job_type="x").finish()  # a plain run: offline by default
+    monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")
+    Run(tmp_path / "b", {}, job_type="x").finish()  # started by `wandb agent`: wandb's own default (online)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    Run(tmp_path / "c", {}, job_type="x").finish()  # the agent's environment says offline
+    assert seen == ["offline", None, "offline"]
+
+
+def test_online_runs_print_their_url(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    class OnlineRun:  # the part of wandb.init's run that Run touches
+        url = "https://wandb.ai/someone/metaopt-codec/runs/abc123"
+
+        def define_metric(self, *args, **kwargs):
+            pass
+
+        def finish(self):
+            pass
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: OnlineRun())
+    Run(tmp_path / "r", {}, job_type="x").finish()
+    assert f"W&B run: {OnlineRun.url}" in capsys.readouterr().err

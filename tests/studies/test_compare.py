@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 
 from metaopt.config import parse_config
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
@@ -57,6 +58,11 @@ def test_compare_end_to_end_summary_matches_the_runs_metrics(tmp_path, image_fol
     assert "## Steps to target" in (out / "report.md").read_text()
     assert list((out / "report-run" / "wandb").glob("offline-run-*"))
     assert list((out / "runs" / "lstm-lrdefault-s0" / "wandb").glob("offline-run-*"))
+    # LR-tuning runs carry the tag `tuning`; the reported runs do not
+    configs = list(out.glob("*/*/config.yaml"))  # tune/<run>/ and runs/<run>/
+    assert {c.parent.parent.name for c in configs} == {"tune", "runs"}
+    for config in configs:
+        assert yaml.safe_load(config.read_text())["tags"] == (["tuning"] if config.parent.parent.name == "tune" else [])
 
 
 def test_lstm_nominal_step_tuned_by_the_same_rule_as_adam(tmp_path, image_folder, lopt_file, monkeypatch):
