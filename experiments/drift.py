@@ -7,7 +7,7 @@ seed 0, grad clip 1, aux Adam) once per optimizer and prints, per tensor of more
 mean shift from init exceeds twice the spread of the shifts, that mean shift in units of `unit_lr` per step.
 A gradient-driven optimizer shows such drift only where the gradient itself is uniform (measured: the entropy
 bottleneck's matrices, for Adam too); a learned optimizer with a gradient-independent output term can add a
-constant drift, which grows linearly with the steps (README "Ablation" (7)).
+constant drift, which grows linearly with the steps (docs/ablation.md (7)).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     python experiments/rewrite_lopt.py --odd runs/ablation/meta-direct-output/lopt.pt runs/ablation/direct-output-odd.pt
     python experiments/rewrite_lopt.py --lr 1.4e-3 runs/ablation/meta-lr1e-3/lopt.pt metaopt/pretrained/lopt.pt
 
-`--odd` is a test-time probe of README "Ablation" (7): the network, run on the gradient history as seen and
+`--odd` is a test-time probe of docs/ablation.md (7): the network, run on the gradient history as seen and
 sign-flipped, keeps exactly the part of its output that flips with the gradient (`LSTMConfig.odd`), and so loses
 any constant drift it learned. If the optimizer stays fast, its speed did not come from the drift.
 `--lr` stores a nominal step tuned after meta-training (`metaopt.compare --lstm-lrs`) as the file's default.

@@ -5,7 +5,7 @@ truncated_pes.py), so meta-training drives either without knowing which: `init_s
 `estimate` once per truncation, `state_dict` / `load_state` to checkpoint the run in flight.
 
 * `TruncatedBPTT` backpropagates through the truncation (`metaopt.unroll`): exact for the truncation, but blind
-  to how an update changes the losses of later truncations, which favours greedy optimizers (README "Ablation").
+  to how an update changes the losses of later truncations, which favours greedy optimizers (docs/ablation.md).
 * `TruncatedPES` runs antithetic particles forward through it (`metaopt.pes`): unbiased for the whole inner run,
   at the price of variance and 2 x pairs forward unrolls per truncation.
 """

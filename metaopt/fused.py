@@ -6,7 +6,7 @@ Why not torch.compile(net.step): there the small matmuls ([4H, F+H] x [F+H, P], 
 GEMM calls whose [*, P] outputs are written to memory and read back, and every step allocates fresh state
 tensors. A learned optimizer's per-coordinate network is tiny, so its matmuls are better unrolled into
 multiply-adds that the elementwise loop keeps in registers (`linear_rows`); inductor's default heuristics would
-still split a loop that long, hence `COMPILE_OPTIONS` (what it gains: README "Speed and memory"). Meta-training
+still split a loop that long, hence `COMPILE_OPTIONS` (what it gains: docs/speed.md). Meta-training
 keeps the eager `step`: it needs autograd through every intermediate.
 
 Only the math of the per-coordinate loop is restated here; features, bias corrections, the output head and the

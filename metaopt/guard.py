@@ -1,6 +1,6 @@
 """Loss-spike rollback for any training loop: restore a healthy snapshot when the loss jumps.
 
-Why: codec training blows up now and then in a single window (README "Ablation": the distortion term jumps
+Why: codec training blows up now and then in a single window (docs/ablation.md: the distortion term jumps
 by ~1e12 within 50 steps while the rate stays normal, with learned optimizers and with Adam at its tuned LR
 alike), and no optimizer state survives that. Large-scale training handles it by restarting from a state
 taken before the spike and skipping the batches in between (Chowdhery et al. 2022, PaLM, Sec. 5.1); no

@@ -10,13 +10,13 @@ output, and all coordinates of all parameter tensors are flattened into one vect
   form): the LSTM steps once per parameter *tensor*, reading the mean and mean square of each feature over
   that tensor, and adds a per-tensor offset to the outputs of a per-coordinate MLP (F -> mlp_hidden -> 2).
   No per-coordinate recurrent state; per coordinate, two tiny matmuls and ~25 elementwise passes, so a step is
-  several times cheaper than ``coordinate``'s (README "Speed and memory"); in training it was faster to the
-  target loss, but less stable far past the meta-training horizon (README "Ablation").
+  several times cheaper than ``coordinate``'s (docs/speed.md); in training it was faster to the
+  target loss, but less stable far past the meta-training horizon (docs/ablation.md).
 Both are feature-major ([F, P]: every per-coordinate quantity, state included, a contiguous row). This eager
 `step` is what meta-training differentiates through; metaopt.fused compiles the same update for use.
 
 Design, against the failure mode of learned optimizers run past their meta-training horizon (a direct-output
-LSTM that beats tuned Adam inside its horizon and explodes far beyond it, README "Ablation"):
+LSTM that beats tuned Adam inside its horizon and explodes far beyond it, docs/ablation.md):
 
 * Inputs are *stationary*: the Andrychowicz log-magnitude/sign gradient encoding (p=10), the
   Adam-normalised gradient g/sqrt(v) and Adam-normalised momenta m_b/sqrt(v) at several timescales
@@ -36,13 +36,13 @@ LSTM that beats tuned Adam inside its horizon and explodes far beyond it, README
   near zero it *is* Adam: stable by construction, and never far from Adam, faster or slower.
   ``direct`` (Andrychowicz 2016): update = -lr * out. Free to be much faster than Adam, and alone it showed the
   failure mode above, postponed rather than removed by the stationary inputs; made ``odd`` (below) it did not,
-  which is why direct and odd are LSTMConfig's defaults and the shipped lopt.pt (README "Ablation").
+  which is why direct and odd are LSTMConfig's defaults and the shipped lopt.pt (docs/ablation.md).
 * ``odd`` (either output): the network also runs on the sign-flipped gradient history (-g, -m: exactly the odd
   features negated), with its own LSTM state; of the direct output only the part that flips with the gradient
   is kept, of the step-size output the part that does not (it multiplies the odd Adam direction):
   u(-g) = -u(g). Why: without it, meta-training found a constant drift (every coordinate of a tensor moved the
-  same way, whatever its gradient) that pays within the horizon and grows linearly with the steps (README
-  "Ablation", experiments/drift.py). Costs a second LSTM pass.
+  same way, whatever its gradient) that pays within the horizon and grows linearly with the steps (docs/ablation.md
+  (7), experiments/drift.py). Costs a second LSTM pass.
 """
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ class LSTMOptimizerNet(nn.Module):
     2017 / Metz 2022, reduced to its cheapest form): the LSTM runs over the *tensors*, reading per-tensor
     statistics of the coordinate features; a small per-coordinate MLP maps each coordinate's features to
     its raw outputs, to which the tensor LSTM adds a per-tensor offset. The per-coordinate work is then
-    two tiny matmuls and no recurrent state, which is what makes the step cheap (README "Speed and memory").
+    two tiny matmuls and no recurrent state, which is what makes the step cheap (docs/speed.md).
 
     `step` is a pure function of its inputs (it never writes to them), so it is differentiable w.r.t. the
     network weights, the gradient and the carried state — which is what the `higher` unroll needs.

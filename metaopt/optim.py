@@ -9,7 +9,7 @@ do not fit the config — is refused with a one-line `UserError`.
 Speed: each parameter group is handled as ONE flat vector (one `torch.cat` of the gradients, the LSTM as
 a few big matmuls, one `_foreach_add_` back into the parameters); no per-coordinate Python work. With
 `compile=True` the step is `metaopt.fused.FusedStep`: the same update, compiled into a few fused loops that
-advance the state in place (faster on large models, README "Speed and memory"; compiling costs a one-off delay
+advance the state in place (faster on large models, docs/speed.md; compiling costs a one-off delay
 per process).
 """
 from __future__ import annotations

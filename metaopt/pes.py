@@ -2,7 +2,7 @@
 
 Truncated BPTT (`metaopt.unroll`) differentiates each K-step truncation as if it were the whole inner run: how an
 update changes the losses of *later* truncations never reaches the meta-gradient, which favours greedy optimizers
-(README "Ablation"). PES instead perturbs the optimizer's weights theta with antithetic Gaussian noise
+(docs/ablation.md). PES instead perturbs the optimizer's weights theta with antithetic Gaussian noise
 +eps / -eps, runs each perturbed copy (a *particle*) forward through the same truncation of the same task (no
 backpropagation through the unroll), and weights each particle's truncation loss by the sum xi of all the noise
 that particle has received since its task began. Because xi accumulates over the whole run so far, the estimate
