@@ -145,7 +145,8 @@ def _tasks_per_step(run_dir: Path) -> int:
 
 @cli_entry
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Meta-training throughput at several numbers of processes. "
+    parser = argparse.ArgumentParser(prog="python -m metaopt.distributed", allow_abbrev=False,
+                                     description="Meta-training throughput at several numbers of processes. "
                                                  "Other flags go to metaopt.meta_train.")
     parser.add_argument("--world-sizes", default="1,2", help="comma-separated numbers of processes")
     parser.add_argument("--out-dir", default=None, help="where the runs go (default: a temporary folder)")

@@ -279,7 +279,8 @@ def render(results: Path = RESULTS) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.tables", allow_abbrev=False,
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/results.md is out of date")
     args = parser.parse_args(argv)
     text = render()
