@@ -10,12 +10,18 @@
    current weights entropy-code the held-out images, and (seconds, bpp, PSNR, MS-SSIM, RD loss) are recorded.
 3. Summary: the target is the best hand-designed contender's final held-out RD loss; per contender and seed, the
    seconds to reach it; the learned optimizer's median seconds over the best hand-designed one's; and per mark
-   the rate difference against JPEG at equal PSNR. Outputs summary.json, report.md, race.png.
+   the rate difference against JPEG at equal PSNR. Outputs summary.json, report.md, race.png, logged to W&B as a
+   "race-report" run (each run logs its own marks).
+
+Resumable (`--resume`): finished runs are skipped, interrupted ones resume from their checkpoint. `workers: K`
+trains K runs at once, each in its own process with one thread.
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
+from datetime import datetime
 from pathlib import Path
 
 import matplotlib
@@ -25,11 +31,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.interpolate import PchipInterpolator  # noqa: E402
 
-from codec.data import list_images  # noqa: E402
-from metaopt.compare import _finite, _fmt, lr_tag, parse_seeds  # noqa: E402
-from metaopt.errors import UserError  # noqa: E402
+from codec.data import list_images, load_image  # noqa: E402
+from codec.train import check_config as check_codec_config  # noqa: E402
+from codec.train import config_from_argv  # noqa: E402
+from metaopt.compare import _finite, _fmt, lr_tag, parse_seeds, run_all, tune_lr, worker_pool  # noqa: E402
+from metaopt.config import parse_config  # noqa: E402
+from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.optimizers import LR_SCHEDULES, check_optimizer_config  # noqa: E402
-from metaopt.tracking import read_metrics  # noqa: E402
+from metaopt.tracking import Run, read_metrics  # noqa: E402
 
 LEARNED = "lstm"
 MARK_KEYS = ("rd_bpp", "rd_psnr_rgb", "rd_ms_ssim_rgb", "rd_loss")  # what codec.train logs at each mark
@@ -310,3 +319,81 @@ def plot_race(summary: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+
+
+def write_outputs(cfg: dict, run_dir: Path, summary: dict) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (run_dir / "report.md").write_text(report_markdown(summary))
+    plot_race(summary, run_dir / "race.png")
+    report = Run(run_dir / "report-run", cfg, job_type="race-report", group=cfg["group"], tags=["report"],
+                 name=f"{cfg['group']}-report")
+    anchor = summary["anchor"]["name"]
+    rows = [[name, int(seed), m["mark"], m["seconds"], m["bpp"], m["psnr"], m["ms_ssim"], m["rd_loss"],
+             m[f"bd_rate_vs_{anchor}"]]
+            for name, e in summary["contenders"].items() for seed, s in e["seeds"].items() for m in s["marks"]]
+    report.log_files(images={"race": run_dir / "race.png"},
+                     tables={"marks": (["contender", "seed", "mark", "seconds", "bpp", "psnr", "ms_ssim", "rd_loss",
+                                        f"bd_rate_vs_{anchor}"], rows)})
+    report.summary({"target_rd_loss": summary["target_rd_loss"], "best_hand_designed": summary["best_hand_designed"],
+                    **{f"{name}/median_seconds_to_target": e["median_seconds_to_target"]
+                       for name, e in summary["contenders"].items()},
+                    **{f"{name}/seconds_ratio_vs_best": ratio
+                       for name, ratio in summary["learned_vs_best_seconds_ratio"].items()}})
+    report.finish()
+
+
+def jpeg_anchor(data: str | None, run_dir: Path) -> dict:
+    """JPEG's RD curve on the held-out images (computed once per race, kept in RUN/jpeg.json)."""
+    from codec.baselines import evaluate_baseline  # late import: only the race's start pays for it
+
+    path = run_dir / "jpeg.json"
+    if not path.is_file():
+        points = evaluate_baseline("jpeg", [load_image(p) for p in list_images(data, "test")])
+        anchor = {"name": "jpeg", "bpp": [p["bpp"] for p in points], "psnr": [p["psnr-rgb"] for p in points],
+                  "quality": [p["quality"] for p in points]}
+        path.write_text(json.dumps(anchor, indent=2))
+    return json.loads(path.read_text())
+
+
+def run_race(cfg: dict, run_dir: Path) -> dict:
+    plan = check_config(cfg)
+    cfg = {**cfg, "group": cfg["group"] or run_dir.name}
+    task = config_from_argv(["--config", cfg["codec"]])  # the codec.train config every run starts from
+    run_dir.mkdir(parents=True, exist_ok=True)
+    folders = image_folders(cfg["data"], run_dir, cfg["tune_images"])
+    tune = tuning_jobs(task, cfg, plan, run_dir, folders["tune"])
+    untuned = race_jobs(task, cfg, plan, run_dir, folders["race"], {c: cfg["lrs"][0] for c in cfg["contenders"]})
+    for _, job in tune + [job for by_seed in untuned.values() for job in by_seed.values()]:
+        check_codec_config(job)  # every run's config, before the first one starts
+    anchor = jpeg_anchor(cfg["data"], run_dir)
+    with worker_pool(cfg["workers"]) as pool:
+        rows = run_all(tune, cfg["group"], pool)
+        tuning = {c: tune_lr({"tune_on": "val_loss"}, plan, run_dir, c, cfg["lrs"], rows) for c in cfg["contenders"]}
+        jobs = race_jobs(task, cfg, plan, run_dir, folders["race"], {c: lr for c, (_, lr) in tuning.items()})
+        run_all([job for by_seed in jobs.values() for job in by_seed.values()], cfg["group"], pool)
+    runs = {c: {seed: path for seed, (path, _) in by_seed.items()} for c, by_seed in jobs.items()}
+    summary = summarize(cfg, runs, tuning, anchor)
+    write_outputs(cfg, run_dir, summary)
+    return summary
+
+
+@cli_entry
+def main(argv=None):
+    cfg = parse_config(argv, "race/default.yaml", "Race optimizers to a held-out RD quality in wall-clock seconds "
+                       "(W&B + summary.json, report.md, race.png).")
+    if cfg["run_dir"]:
+        run_dir = Path(cfg["run_dir"])
+    elif cfg["resume"]:
+        raise UserError("--resume needs --run-dir (the race to continue)")
+    else:
+        run_dir = Path("runs") / "race" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if run_dir.exists() and any(run_dir.iterdir()) and not cfg["resume"]:
+        raise UserError(f"{run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
+    summary = run_race({**cfg, "run_dir": str(run_dir)}, run_dir)
+    print((run_dir / "report.md").read_text())
+    print(f"outputs: {run_dir}/summary.json, report.md, race.png")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
