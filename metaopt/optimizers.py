@@ -12,14 +12,16 @@ path; None = the shipped `metaopt/pretrained/lopt.pt`), `lopt_compile` (LSTM: th
 metaopt.fused), `steps` (the planned number of steps: cosine's length; the LSTM's horizon if it has the
 "progress" feature), `lr_schedule`, `warmup_steps`.
 
-A loop builds both before loading any checkpoint, calls `set_mode(optimizer, "train")` before its updates and
-`set_mode(optimizer, "eval")` before it validates or saves weights, `schedule.set_lr(step)` before each update,
-`schedule.validated(val_loss)` after each validation, and keeps `schedule.state_dict()` in its checkpoint.
+A loop builds both before loading any checkpoint; validates and saves weights inside `with evaluation_point(
+optimizer)` (and calls `set_mode(optimizer, "train")` after loading a checkpoint); calls `schedule.set_lr(step)`
+before each update and `schedule.validated(val_loss)` after each validation; and keeps `schedule.state_dict()` in
+its checkpoint.
 """
 from __future__ import annotations
 
 import importlib
 import math
+from contextlib import contextmanager
 
 import torch
 
@@ -105,6 +107,28 @@ def set_mode(optimizer: torch.optim.Optimizer, mode: str) -> None:
     switch = getattr(optimizer, mode, None)
     if callable(switch):
         switch()
+
+
+@contextmanager
+def evaluation_point(optimizer: torch.optim.Optimizer, params=None):
+    """`with evaluation_point(optimizer):` the parameters are at the point to validate or save ("eval"); after it,
+    back at the training point ("train").
+
+    A schedule-free optimizer's round trip rounds: y -> x -> y' is not y bit for bit. That is harmless where the
+    trip happens at fixed steps (a resumed run makes it at the same steps, from the same saved x); an evaluation
+    at a wall-clock time must leave the run untouched, so it passes the model's `params`, which are copied first
+    and put back exactly.
+    """
+    params = list(params) if params is not None else []
+    saved = [p.detach().clone() for p in params]
+    set_mode(optimizer, "eval")
+    try:
+        yield
+    finally:
+        set_mode(optimizer, "train")
+        with torch.no_grad():
+            for p, value in zip(params, saved):
+                p.copy_(value)
 
 
 class LRSchedule:

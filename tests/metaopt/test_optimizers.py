@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from metaopt.errors import UserError
-from metaopt.optimizers import OPTIMIZERS, LRSchedule, check_optimizer_config, make_optimizer, set_mode
+from metaopt.optimizers import (OPTIMIZERS, LRSchedule, check_optimizer_config, evaluation_point, make_optimizer,
+                                set_mode)
 
 
 def _model():
@@ -90,6 +91,24 @@ def test_schedulefree_evaluates_at_the_average_and_trains_at_its_gradient_point(
         optimizer.step()
     set_mode(optimizer, "train")
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(y, model.parameters()))
+
+
+def test_an_evaluation_point_can_leave_the_training_point_bit_for_bit():
+    model = _model()
+    optimizer = make_optimizer("schedulefree", model.parameters(), {"lr": 1e-2})
+    for step in range(5):
+        optimizer.zero_grad()
+        _loss(model, step).backward()
+        optimizer.step()
+    y = [p.detach().clone() for p in model.parameters()]
+    with evaluation_point(optimizer, model.parameters()):
+        x = [p.detach().clone() for p in model.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(x, y))  # evaluated at the average
+    assert all(torch.equal(a, b) for a, b in zip(y, model.parameters()))  # and back exactly
+    with evaluation_point(optimizer):
+        assert all(torch.equal(a, b) for a, b in zip(x, model.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(y, model.parameters()))  # back up to rounding
+    optimizer.step()  # in train mode again
 
 
 def test_set_mode_leaves_other_optimizers_alone():
