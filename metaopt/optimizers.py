@@ -12,10 +12,10 @@ path; None = the shipped `metaopt/pretrained/lopt.pt`), `lopt_compile` (LSTM: th
 metaopt.fused), `steps` (the planned number of steps: cosine's length; the LSTM's horizon if it has the
 "progress" feature), `lr_schedule`, `warmup_steps`.
 
-A loop builds both before loading any checkpoint; validates and saves weights inside `with evaluation_point(
-optimizer)` (and calls `set_mode(optimizer, "train")` after loading a checkpoint); calls `schedule.set_lr(step)`
-before each update and `schedule.validated(val_loss)` after each validation; and keeps `schedule.state_dict()` in
-its checkpoint.
+A loop builds both before loading any checkpoint; validates, and saves the weights to use, inside
+`with evaluation_point(optimizer, params)` (its resumable checkpoint keeps the training point); calls
+`schedule.set_lr(step)` before each update and `schedule.validated(val_loss)` after each validation; and keeps
+`schedule.state_dict()` in its checkpoint.
 """
 from __future__ import annotations
 
@@ -110,16 +110,17 @@ def set_mode(optimizer: torch.optim.Optimizer, mode: str) -> None:
 
 
 @contextmanager
-def evaluation_point(optimizer: torch.optim.Optimizer, params=None):
-    """`with evaluation_point(optimizer):` the parameters are at the point to validate or save ("eval"); after it,
-    back at the training point ("train").
+def evaluation_point(optimizer: torch.optim.Optimizer, params):
+    """`with evaluation_point(optimizer, model.parameters()):` the parameters are at the point to validate or keep
+    (a schedule-free optimizer's average x, set_mode "eval"); after it, exactly back at the training point.
 
-    A schedule-free optimizer's round trip rounds: y -> x -> y' is not y bit for bit. That is harmless where the
-    trip happens at fixed steps (a resumed run makes it at the same steps, from the same saved x); an evaluation
-    at a wall-clock time must leave the run untouched, so it passes the model's `params`, which are copied first
-    and put back exactly.
+    The schedule-free round trip y -> x -> y rounds, which would make a run's trajectory depend on when it was
+    evaluated (and a resumed run differ from an uninterrupted one): the training point is copied and put back.
     """
-    params = list(params) if params is not None else []
+    if not callable(getattr(optimizer, "eval", None)):  # one point: nothing to move
+        yield
+        return
+    params = list(params)
     saved = [p.detach().clone() for p in params]
     set_mode(optimizer, "eval")
     try:
