@@ -6,6 +6,7 @@ import pytest
 from codec.data import list_images
 from codec.rd import bd_rate
 from metaopt.errors import UserError
+from metaopt.tracking import read_metrics
 from studies import race
 
 JPEG = {"name": "jpeg", "bpp": [0.2, 0.4, 0.8, 1.6], "psnr": [24.0, 27.0, 30.0, 33.0]}
@@ -124,3 +125,34 @@ def test_summary_report_and_plot(tmp_path):
     assert "| lstm | 0.001 **(tuned)** | 2 | 0 |" in report and "| lstm | 0.003 | never | 1 |" in report
     race.plot_race(summary, tmp_path / "race.png")
     assert (tmp_path / "race.png").stat().st_size > 10_000
+
+
+def test_a_tiny_race_end_to_end_and_resumed(tmp_path, image_folder, capsys):
+    codec = tmp_path / "tiny.yaml"
+    codec.write_text("N: 8\nM: 12\nbatch_size: 2\ncrop: 64\nval_crop: 64\nlog_every: 2\nval_every: 4\n"
+                     "checkpoint_every: 3\nlr_schedule: constant\n")
+    args = ["--codec", str(codec), "--data", str(image_folder), "--run-dir", str(tmp_path / "race"),
+            "--contenders", "adam-plateau,lstm", "--lrs", "1e-3", "--seeds", "1", "--tune-seeds", "9",
+            "--tune-seconds", "1", "--tune-steps", "1000", "--seconds", "4", "--mark-seconds", "2", "--steps", "1000",
+            "--workers", "1", "--device", "cpu"]
+    summary = race.main(args)
+    out = tmp_path / "race"
+    assert {"summary.json", "report.md", "race.png", "jpeg.json"} <= {p.name for p in out.iterdir()}
+    assert summary["best_hand_designed"] == "adam-plateau" and math.isfinite(summary["target_rd_loss"])
+    for name in ("adam-plateau", "lstm"):
+        marks = summary["contenders"][name]["seeds"]["0"]["marks"]
+        assert [m["mark"] for m in marks] == [2, 4] and all(m["bpp"] > 0 for m in marks)
+    tuning_run = read_metrics(out / "tune" / "lstm-lr0.001-s9" / "metrics.jsonl")
+    assert tuning_run and not any("mark" in r for r in tuning_run)
+    assert json.loads((out / "summary.json").read_text())["target_rd_loss"] == summary["target_rd_loss"]
+    capsys.readouterr()
+    assert race.main([*args, "--resume"]) == json.loads((out / "summary.json").read_text())  # nothing retrained
+    assert "[compare]" not in capsys.readouterr().out
+
+
+def test_bad_race_input_is_one_line_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        race.main(["--contenders", "adam,rmsprop", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: contender 'rmsprop'")
+    assert not (tmp_path / "r").exists()
