@@ -34,11 +34,11 @@ from scipy.interpolate import PchipInterpolator  # noqa: E402
 from codec.data import list_images, load_image  # noqa: E402
 from codec.train import check_config as check_codec_config  # noqa: E402
 from codec.train import config_from_argv  # noqa: E402
-from studies.compare import _finite, _fmt, lr_tag, parse_seeds, run_all, tune_lr, worker_pool  # noqa: E402
 from metaopt.config import parse_config  # noqa: E402
 from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.optimizers import LR_SCHEDULES, check_optimizer_config  # noqa: E402
 from metaopt.tracking import Run, read_metrics  # noqa: E402
+from studies.compare import _finite, _fmt, lr_tag, parse_seeds, run_all, tune_lr, worker_pool  # noqa: E402
 
 LEARNED = "lstm"
 MARK_KEYS = ("rd_bpp", "rd_psnr_rgb", "rd_ms_ssim_rgb", "rd_loss")  # what codec.train logs at each mark
