@@ -1,5 +1,5 @@
 """The optimizer under study, for every training loop: `make_optimizer`, its step-size schedule `LRSchedule`, and
-`set_mode` for the schedule-free optimizer's two points.
+`evaluation_point` / `set_mode` for the schedule-free optimizer's two points.
 
 Optimizers: `adam` (torch), `sgd` (torch, with momentum), `schedulefree` (schedule-free AdamW, the `schedulefree`
 package), `soap` (Adam in Shampoo's eigenbasis, `pytorch-optimizer`'s SOAP), `lstm` (the meta-trained LSTM,

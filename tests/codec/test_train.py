@@ -1,5 +1,4 @@
 import json
-import subprocess
 import sys
 
 import pytest
@@ -99,13 +98,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
 
 
-def test_a_missing_optimizer_package_is_one_line_before_any_step(tmp_path, image_folder):
-    # a fresh process whose `import schedulefree` fails, as in an environment without the package
-    code = ("import sys; sys.modules['schedulefree'] = None; from codec.train import main; "
-            f"main(['--optimizer', 'schedulefree', '--data', {str(image_folder)!r}, '--run-dir', "
-            f"{str(tmp_path / 'r')!r}, '--steps', '1'])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+def test_a_missing_optimizer_package_is_one_line_before_any_step(tmp_path, image_folder, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "schedulefree", None)  # `import schedulefree` fails, as without the package
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, image_folder, "r", "--optimizer", "schedulefree", "--steps", "1")
+    assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
         "error: optimizer schedulefree needs the schedulefree package, a dependency of metaopt-codec that this "
         "environment lacks: pip install schedulefree"]
     assert not (tmp_path / "r").exists()
@@ -116,12 +113,12 @@ def test_marks_code_the_held_out_images_by_wall_clock_within_a_time_budget(tmp_p
                   "--optimizer", "schedulefree")
     rows = read_metrics(run_dir / "metrics.jsonl")
     marks = [r for r in rows if "mark" in r]
-    assert [m["mark"] for m in marks] == [2, 4]
+    assert [m["mark"] for m in marks][:2] == [2, 4]  # (a third if a step of the loaded machine took seconds)
     assert all(m["wall_time"] >= m["mark"] and m["rd_bpp"] > 0 and m["rd_loss"] > m["rd_bpp"] for m in marks)
     last = [r for r in rows if "loss" in r][-1]
     assert 4 <= last["wall_time"] < 10 and "val_loss" in last  # stopped by the budget, validated at the end
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert state["step"] == last["step"] < 100000 and state["marks"] == 2
+    assert state["step"] == last["step"] < 100000 and state["marks"] == len(marks)
 
 
 def test_empty_data_folder_and_unreadable_image(tmp_path, capsys):
