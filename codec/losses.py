@@ -63,6 +63,20 @@ def bits_per_pixel(likelihoods: dict[str, torch.Tensor], num_pixels: int) -> tor
     return sum(torch.log(lk).sum() for lk in likelihoods.values()) / (-math.log(2) * num_pixels)
 
 
+def distortion_weight(lmbda: float, distortion: str) -> float:
+    """The factor of the distortion term in the loss: λ, or κ for RMSE (see module docstring)."""
+    return rmse_weight(lmbda) if distortion == "rmse" else lmbda
+
+
+def coded_rd_loss(bpp: float, mse: float, ms_ssim: float | None, lmbda: float, distortion: str) -> float | None:
+    """The training objective of one image measured on a real bitstream: `bpp` from its bytes, `mse` (of [0, 1]
+    pixels) and `ms_ssim` of the decoded 8-bit image. None for MS-SSIM on an image too small for its window."""
+    if distortion == "ms-ssim":
+        return None if ms_ssim is None else bpp + lmbda * (1 - ms_ssim)
+    value = 255**2 * mse if distortion == "mse" else 255 * math.sqrt(mse)
+    return bpp + distortion_weight(lmbda, distortion) * value
+
+
 class RateDistortionLoss(nn.Module):
     def __init__(self, lmbda: float, distortion: str = "mse"):
         super().__init__()
@@ -80,12 +94,10 @@ class RateDistortionLoss(nn.Module):
         mse = mse_per_image.mean()
         if self.distortion == "mse":
             distortion = 255**2 * mse
-            loss = bpp + self.lmbda * distortion
         elif self.distortion == "rmse":
             # the epsilon keeps d sqrt/dx finite at a perfect reconstruction
             distortion = 255 * (mse_per_image + 1e-10).sqrt().mean()
-            loss = bpp + rmse_weight(self.lmbda) * distortion
         else:
             distortion = 1 - ms_ssim_any_size(x_hat.clamp(0, 1), target).mean()
-            loss = bpp + self.lmbda * distortion
+        loss = bpp + distortion_weight(self.lmbda, self.distortion) * distortion
         return {"loss": loss, "bpp": bpp, "mse": mse, "distortion": distortion, "psnr": psnr(mse.detach())}

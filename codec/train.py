@@ -1,14 +1,18 @@
-"""Train a learned image codec: `python -m codec.train --optimizer adam|sgd|lstm [--key value ...]`.
+"""Train a learned image codec: `python -m codec.train --optimizer adam|sgd|schedulefree|soap|lstm [--key value ...]`.
 
 One loop for every optimizer: the optimizer under study gets the network parameters, CompressAI's
 entropy-bottleneck quantiles always train on their own Adam (aux loss). Outputs in the run directory:
 config.yaml, metrics.jsonl (one row per logged step; W&B mirrors it), checkpoint.pt (latest, atomic),
 best.pt (best validation loss; a W&B artifact of type "codec" at the end). `--resume` continues exactly: model,
-both optimizers, RNG and step. config.yaml and the W&B config also record under `resolved` what the config's
-nulls became: the step size the optimizer used and, for the learned optimizer, its file and that file's sha256.
+both optimizers, LR schedule, RNG and step. config.yaml and the W&B config also record under `resolved` what the
+config's nulls became: the step size the optimizer used and, for the learned optimizer, its file and that file's
+sha256. A wall-clock budget (`max_seconds`) and marks (`eval_every_seconds`: the held-out images entropy-coded
+with the current weights, rd_* rows) serve time-to-quality studies; the marks' coding is not counted as training
+time.
 
 `train` reads top to bottom: `build_trainer`, `resume_from`, then `train_one_epoch` (the steps up to the next
-logged row or checkpoint), `log_row` (with `test_epoch`, the validation) and `save_checkpoint`, until the end.
+logged row or checkpoint), `log_row` (with `test_epoch`, the validation), `save_checkpoint` and `log_mark`, until
+the end.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from codec.data import CropBatches, center_crop, check_images, crop_to, list_images, load_image, pad_to_multiple
-from codec.losses import RateDistortionLoss, ms_ssim_any_size, psnr
+from codec.losses import RateDistortionLoss, coded_rd_loss, ms_ssim_any_size, psnr
 from codec.models import (MODELS, PAD_MULTIPLE, build_model, latent_stride, load_model, resolve_device,
                           split_parameters)
 from metaopt import checkpoint as ckpt_io
@@ -34,30 +38,16 @@ from metaopt.config import RESOLVED, parse_config
 from metaopt.errors import UserError, cli_entry
 from metaopt.guard import SpikeGuard
 from metaopt.optim import PRETRAINED
-from metaopt.optimizers import OPTIMIZERS, make_optimizer
+from metaopt.optimizers import LRSchedule, check_optimizer_config, evaluation_point, make_optimizer
 from metaopt.tracking import Run
 from metaopt.training import aux_step, backward, clip_gradients
 
 CHECKPOINT_FORMAT = "codec-train-v1"
-LR_SCHEDULES = ("constant", "cosine")
-
-
-def lr_factor(cfg: dict, step: int) -> float:
-    """The network optimizer's step-size multiplier before update `step + 1`: linear warmup, then the schedule.
-
-    Computed from the step counter rather than kept in a stateful LR scheduler: nothing to checkpoint, and a
-    guard rollback (which restores the optimizer's state, its lr included) cannot desync it.
-    """
-    factor = min(1.0, (step + 1) / cfg["warmup_steps"]) if cfg["warmup_steps"] else 1.0
-    if cfg["lr_schedule"] == "cosine":
-        factor *= 0.5 * (1 + math.cos(math.pi * step / cfg["steps"]))
-    return factor
-
-
 def check_config(cfg: dict) -> None:
     if cfg["model"] not in MODELS:
         raise UserError(f"unknown model {cfg['model']!r}; choose one of: {', '.join(MODELS)}")
-    for key in ("val_crop", "threads", "workers", "stop_after_nonfinite", "spike_guard"):
+    for key in ("val_crop", "threads", "workers", "stop_after_nonfinite", "spike_guard", "max_seconds",
+                "eval_every_seconds"):
         if cfg[key] < 0:
             raise UserError(f"{key} must be >= 0, got {cfg[key]}")
     for key in ("steps", "batch_size", "crop", "N", "M", "val_every", "log_every", "checkpoint_every",
@@ -67,12 +57,7 @@ def check_config(cfg: dict) -> None:
     multiple = latent_stride(cfg["model"])
     if cfg["crop"] % multiple:
         raise UserError(f"crop must be a multiple of {multiple} for {cfg['model']}, got {cfg['crop']}")
-    if cfg["lr"] is not None and not (isinstance(cfg["lr"], (int, float)) and cfg["lr"] > 0):
-        raise UserError(f"lr must be a positive number (or null for the optimizer's default), got {cfg['lr']!r}")
-    if not (isinstance(cfg["warmup_steps"], int) and cfg["warmup_steps"] >= 0):
-        raise UserError(f"warmup_steps must be a non-negative integer, got {cfg['warmup_steps']!r}")
-    if cfg["lr_schedule"] not in LR_SCHEDULES:
-        raise UserError(f"unknown lr_schedule {cfg['lr_schedule']!r}; choose one of: {', '.join(LR_SCHEDULES)}")
+    check_optimizer_config(cfg["optimizer"], cfg)  # name, lr, schedule, warmup, packages, the LSTM's file
     if not cfg["aux_lr"] > 0:
         raise UserError("aux_lr must be positive")
     if 0 < cfg["spike_guard"] <= 1:
@@ -91,7 +76,7 @@ class Trainer:
     device: torch.device
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    base_lrs: list[float]  # the optimizer's step sizes before any warmup or schedule
+    schedule: LRSchedule
     aux_optimizer: torch.optim.Optimizer
     loss_fn: RateDistortionLoss
     guard: SpikeGuard | None
@@ -114,7 +99,9 @@ class TrainState:
     skipped: int = 0  # steps whose update was skipped for a non-finite loss
     streak: int = 0  # ... of them in a row, up to now
     window: dict = field(default_factory=empty_window)
-    started: float = field(default_factory=time.time)  # when this session started training
+    marks: int = 0  # wall-clock marks evaluated so far
+    started: float = field(default_factory=time.time)  # when this session started training (moved on by evaluations
+                                                        # that are not training time)
 
     def wall_time(self) -> float:
         return self.elapsed + time.time() - self.started
@@ -124,14 +111,14 @@ def build_trainer(cfg: dict, device: torch.device) -> Trainer:
     model = build_model(cfg["model"], cfg["N"], cfg["M"]).to(device)
     net_params, aux_params = split_parameters(model)
     optimizer = make_optimizer(cfg["optimizer"], net_params, cfg)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    schedule = LRSchedule(optimizer, cfg)  # before a resume loads a warmed-up lr into the optimizer
     if cfg["optimizer"] == "lstm" and cfg["lopt_compile"]:
         print("note: the learned optimizer's step compiles at the first step (once per run, ~0.5 min)", file=sys.stderr)
     aux_optimizer = torch.optim.Adam(aux_params, lr=cfg["aux_lr"])
     loss_fn = RateDistortionLoss(cfg["lmbda"], cfg["distortion"])
     guard = SpikeGuard({"model": model, "optimizer": optimizer, "aux_optimizer": aux_optimizer}, cfg["spike_guard"],
                        every=cfg["spike_snapshot_every"]) if cfg["spike_guard"] else None
-    return Trainer(cfg, device, model, optimizer, base_lrs, aux_optimizer, loss_fn, guard)
+    return Trainer(cfg, device, model, optimizer, schedule, aux_optimizer, loss_fn, guard)
 
 
 def checked_run_dir(run_dir: Path, resume: bool) -> Path:
@@ -147,7 +134,7 @@ def checked_run_dir(run_dir: Path, resume: bool) -> Path:
 
 
 def resume_from(path: Path, trainer: Trainer) -> TrainState:
-    """Load a `checkpoint.pt` into the trainer (model, both optimizers, guard) and the global RNG."""
+    """Load a `checkpoint.pt` into the trainer (model, both optimizers, LR schedule, guard) and the global RNG."""
     ckpt, cfg = ckpt_io.load(path), trainer.cfg
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a codec training checkpoint")
@@ -156,16 +143,19 @@ def resume_from(path: Path, trainer: Trainer) -> TrainState:
             raise UserError(f"cannot resume: {key} was {ckpt['config'][key]!r}, now {cfg[key]!r}")
     trainer.model.load_state_dict(ckpt["model"])
     trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.schedule.load_state_dict(ckpt.get("lr_schedule", {}))
     trainer.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
     ckpt_io.set_rng_state(ckpt["rng"])
     if trainer.guard is not None and "spike_guard" in ckpt:
         trainer.guard.load_state_dict(ckpt["spike_guard"])
     return TrainState(step=ckpt["step"], best_val=ckpt["best_val"], elapsed=ckpt["elapsed"],
-                      skipped=ckpt["skipped_steps"], streak=ckpt.get("nonfinite_streak", 0), window=ckpt["window"])
+                      skipped=ckpt["skipped_steps"], streak=ckpt.get("nonfinite_streak", 0), window=ckpt["window"],
+                      marks=ckpt.get("marks", 0))
 
 
 def save_checkpoint(path: Path, trainer: Trainer, state: TrainState, with_state: bool) -> None:
-    """`checkpoint.pt` (with_state: also what a resume needs: optimizers, RNG, guard) or `best.pt`."""
+    """`checkpoint.pt` (with_state: also what a resume needs: optimizers, LR schedule, RNG, guard; the training
+    point) or `best.pt` (saved inside `evaluation_point`: the weights to use, a schedule-free optimizer's average)."""
     cfg = trainer.cfg
     ckpt = {"format": CHECKPOINT_FORMAT, "model_name": cfg["model"], "model_config": {"N": cfg["N"], "M": cfg["M"]},
             "model": trainer.model.state_dict(), "step": state.step, "config": cfg, "best_val": state.best_val,
@@ -173,7 +163,7 @@ def save_checkpoint(path: Path, trainer: Trainer, state: TrainState, with_state:
             "window": dict(state.window)}
     if with_state:
         ckpt.update(optimizer=trainer.optimizer.state_dict(), aux_optimizer=trainer.aux_optimizer.state_dict(),
-                    rng=ckpt_io.rng_state())
+                    lr_schedule=trainer.schedule.state_dict(), rng=ckpt_io.rng_state(), marks=state.marks)
         if trainer.guard is not None:
             ckpt["spike_guard"] = trainer.guard.state_dict()
     ckpt_io.atomic_save(ckpt, path)
@@ -183,9 +173,8 @@ def apply_update(trainer: Trainer, step: int) -> float:
     """Clip, set the scheduled step size and update the network; returns the seconds of the update alone."""
     cfg, optimizer = trainer.cfg, trainer.optimizer
     clip_gradients(optimizer, cfg["grad_clip"])
-    if cfg["warmup_steps"] or cfg["lr_schedule"] != "constant":
-        for group, base_lr in zip(optimizer.param_groups, trainer.base_lrs):
-            group["lr"] = base_lr * lr_factor(cfg, step)
+    if trainer.schedule.active:
+        trainer.schedule.set_lr(step)
     start = time.perf_counter()
     optimizer.step()
     if trainer.device.type == "cuda":
@@ -242,13 +231,22 @@ def is_checkpoint_step(cfg: dict, step: int) -> bool:
     return step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]
 
 
+def out_of_time(cfg: dict, state: TrainState) -> bool:
+    return bool(cfg["max_seconds"]) and state.wall_time() >= cfg["max_seconds"]
+
+
+def is_mark_due(cfg: dict, state: TrainState) -> bool:
+    return bool(cfg["eval_every_seconds"]) and state.wall_time() >= (state.marks + 1) * cfg["eval_every_seconds"]
+
+
 def train_one_epoch(trainer: Trainer, state: TrainState, batches: Iterator[torch.Tensor]) -> dict:
-    """Train on `batches` up to the next step that logs a row or saves a checkpoint, or until the run diverges;
-    returns the last step's figures."""
+    """Train on `batches` up to the next step that logs a row, saves a checkpoint or is due for a mark, or until
+    the run diverges or runs out of time; returns the last step's figures."""
     cfg = trainer.cfg
     while True:
         figures = train_one_step(trainer, state, next(batches).to(trainer.device, non_blocking=True))
-        if diverged(trainer, state) or is_row_step(cfg, state.step) or is_checkpoint_step(cfg, state.step):
+        if (diverged(trainer, state) or is_row_step(cfg, state.step) or is_checkpoint_step(cfg, state.step)
+                or is_mark_due(cfg, state) or out_of_time(cfg, state)):
             return figures
 
 
@@ -276,14 +274,41 @@ def test_epoch(model, loss_fn, images: list[torch.Tensor], device) -> dict[str, 
     return {k: v / len(images) for k, v in totals.items()}
 
 
-def entropy_coded_eval(cfg: dict, run_dir: Path, device) -> dict[str, float]:
-    """Real bitstreams of the full validation images with the best checkpoint: the run's RD point."""
+def coded_images(cfg: dict) -> list[Path]:
+    """The images real-bitstream evaluations code (full size): the test split of `eval_data` (default: `data`)."""
+    return list_images(cfg["eval_data"] or cfg["data"], "test")
+
+
+def entropy_coded_metrics(cfg: dict, model: nn.Module, images: list) -> dict[str, float]:
+    """Real bitstreams of `images` with `model`: rd_bpp, rd_psnr_rgb, ... (means) and rd_loss, the training objective
+    on the decoded images."""
     from codec.eval import evaluate_checkpoint  # late import: only runs that evaluate pay for it
 
-    model, meta = load_model(run_dir / "best.pt", device)
-    result = evaluate_checkpoint(model, meta["model_name"], meta["model_config"], list_images(cfg["data"], "test"))
-    return {f"rd_{k.replace('-', '_')}": v for k, v in result["mean"].items()
-            if isinstance(v, (int, float)) and k not in ("height", "width")}
+    result = evaluate_checkpoint(model, cfg["model"], {"N": cfg["N"], "M": cfg["M"]}, images)
+    losses = [coded_rd_loss(r["bpp"], 10 ** (-r["psnr-rgb"] / 10), r["ms-ssim-rgb"], cfg["lmbda"], cfg["distortion"])
+              for r in result["per_image"]]
+    metrics = {f"rd_{k.replace('-', '_')}": v for k, v in result["mean"].items()
+               if isinstance(v, (int, float)) and k not in ("height", "width")}
+    metrics["rd_loss"] = None if None in losses else sum(losses) / len(losses)
+    return metrics
+
+
+def entropy_coded_eval(cfg: dict, run_dir: Path, device) -> dict[str, float]:
+    """Real bitstreams of the full held-out images with the best checkpoint: the run's RD point."""
+    model, _ = load_model(run_dir / "best.pt", device)
+    return entropy_coded_metrics(cfg, model, coded_images(cfg))
+
+
+def log_mark(trainer: Trainer, state: TrainState, images: list[torch.Tensor], run: Run) -> None:
+    """A wall-clock mark: the held-out images coded with the current weights (a schedule-free optimizer's average),
+    logged with the training seconds so far. The coding is not training time, and leaves the run as it was."""
+    start = time.time()
+    state.marks += 1
+    row = {"mark": state.marks * trainer.cfg["eval_every_seconds"], "wall_time": state.wall_time()}
+    with evaluation_point(trainer.optimizer, trainer.model.parameters()):
+        row.update(entropy_coded_metrics(trainer.cfg, trainer.model, images))
+    run.log(row, state.step)
+    state.started += time.time() - start
 
 
 def metrics_row(trainer: Trainer, state: TrainState, figures: dict, stopped: bool) -> dict:
@@ -291,7 +316,7 @@ def metrics_row(trainer: Trainer, state: TrainState, figures: dict, stopped: boo
     window = state.window
     row = {name: float(window[name]) / window["n"] if window["n"] else float("nan") for name in ("loss", "bpp", "mse")}
     row.update(psnr=psnr(row["mse"]), aux_loss=float(figures["aux_loss"].detach()), step_time=figures["step_time"],
-               opt_step_time=figures["opt_step_time"],
+               opt_step_time=figures["opt_step_time"], lr=trainer.optimizer.param_groups[0]["lr"],
                skipped_steps=state.skipped + getattr(trainer.optimizer, "skipped_updates", 0),
                wall_time=state.wall_time())
     if trainer.guard is not None:
@@ -302,15 +327,18 @@ def metrics_row(trainer: Trainer, state: TrainState, figures: dict, stopped: boo
 
 
 def log_row(trainer: Trainer, state: TrainState, row: dict, run_dir: Path, val_images: list[torch.Tensor],
-            run: Run) -> None:
-    """Validate when due (keeping `best.pt`), evaluate real bitstreams at the end, log the row, open a new window."""
+            run: Run, last: bool) -> None:
+    """Validate when due or at the `last` row (keeping `best.pt`, stepping a plateau schedule), evaluate real
+    bitstreams at the end, log the row, open a new window."""
     cfg = trainer.cfg
-    if state.step % cfg["val_every"] == 0 or state.step == cfg["steps"]:
-        row.update(test_epoch(trainer.model, trainer.loss_fn, val_images, trainer.device))
-        if row["val_loss"] < state.best_val:
-            state.best_val = row["val_loss"]
-            save_checkpoint(run_dir / "best.pt", trainer, state, with_state=False)
-    if state.step == cfg["steps"] and cfg["eval_at_end"]:
+    if state.step % cfg["val_every"] == 0 or last:
+        with evaluation_point(trainer.optimizer, trainer.model.parameters()):
+            row.update(test_epoch(trainer.model, trainer.loss_fn, val_images, trainer.device))
+            if row["val_loss"] < state.best_val:
+                state.best_val = row["val_loss"]
+                save_checkpoint(run_dir / "best.pt", trainer, state, with_state=False)
+        trainer.schedule.validated(row["val_loss"])
+    if last and cfg["eval_at_end"]:
         row.update(entropy_coded_eval(cfg, run_dir, trainer.device))
     run.log(row, state.step)
     state.window = empty_window()
@@ -340,6 +368,7 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     trainer = build_trainer(cfg, device)
     batches = CropBatches(train_paths, cfg["crop"], cfg["batch_size"], cfg["seed"])
     val_images = validation_images(val_paths, cfg["val_crop"])
+    mark_images = [load_image(p) for p in coded_images(cfg)] if cfg["eval_every_seconds"] else []
     state = resume_from(latest, trainer) if cfg["resume"] else TrainState()
     run = Run(run_dir, {**cfg, RESOLVED: resolved_settings(trainer)}, job_type="codec-train",
               group=group or cfg["group"], tags=[cfg["optimizer"], *cfg["tags"]],
@@ -355,18 +384,22 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     bar = tqdm(loader, total=cfg["steps"], initial=state.step, disable=not show_progress, desc="train",
                dynamic_ncols=True)
     stream, row = iter(bar), {}
-    while state.step < cfg["steps"]:
+    finished = state.step >= cfg["steps"] or out_of_time(cfg, state)
+    while not finished:
         figures = train_one_epoch(trainer, state, stream)
         why_stop = diverged(trainer, state)
-        if why_stop or is_row_step(cfg, state.step):
+        last = state.step == cfg["steps"] or out_of_time(cfg, state)  # decided once: the row's validation takes time
+        finished = last or bool(why_stop)
+        if why_stop or last or is_row_step(cfg, state.step):
             row = metrics_row(trainer, state, figures, stopped=bool(why_stop))
-            log_row(trainer, state, row, run_dir, val_images, run)
+            log_row(trainer, state, row, run_dir, val_images, run, last)
             bar.set_postfix(loss=f"{row['loss']:.4f}", bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
-        if why_stop or is_checkpoint_step(cfg, state.step):
+        while not why_stop and is_mark_due(cfg, state):  # before the checkpoint, which counts the marks done
+            log_mark(trainer, state, mark_images, run)
+        if why_stop or last or is_checkpoint_step(cfg, state.step):
             save_checkpoint(latest, trainer, state, with_state=True)
         if why_stop:
             print(f"warning: stopped at step {state.step}: {why_stop} (the run diverged)", file=sys.stderr)
-            break
     bar.close()
     run.summary({**row, "best_val_loss": state.best_val})
     if (run_dir / "best.pt").is_file():
@@ -375,16 +408,14 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     return row
 
 
-DESCRIPTION = ("Train a learned image codec (Ballé 2017/2018, deepened variants) with Adam, SGD or the learned "
-               "LSTM optimizer.")
+DESCRIPTION = ("Train a learned image codec (Ballé 2017/2018, deepened variants) with Adam, SGD, schedule-free "
+               "AdamW, SOAP or the learned LSTM optimizer.")
 
 
 def config_from_argv(argv=None) -> dict:
     """Parse and validate a codec.train command line (also used by the offline sweep runner)."""
     cfg = parse_config(argv, "codec/default.yaml", DESCRIPTION)
     check_config(cfg)
-    if cfg["optimizer"] not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer {cfg['optimizer']!r}; choose one of: {', '.join(OPTIMIZERS)}")
     return cfg
 
 

@@ -237,7 +237,7 @@ def tune_lr(cfg: dict, plan: dict, run_dir: Path, optimizer: str, grid: list,
                       "diverged": sum(not math.isfinite(x) for x in train_losses)}
     best_lr = min(tuning, key=lambda lr: tuning[lr][cfg["tune_on"]] if not tuning[lr]["diverged"] else math.inf)
     if not math.isfinite(tuning[best_lr][cfg["tune_on"]]):
-        raise UserError(f"every {optimizer} learning rate of the grid diverged; widen {optimizer}_lrs")
+        raise UserError(f"every {optimizer} learning rate of its grid {grid} diverged; widen the grid")
     return tuning, best_lr
 
 

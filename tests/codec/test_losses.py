@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from codec.losses import MSE_LAMBDAS, RateDistortionLoss, ms_ssim_any_size, reference_rmse, rmse_weight
+from codec.losses import (MSE_LAMBDAS, RateDistortionLoss, coded_rd_loss, ms_ssim_any_size, reference_rmse,
+                          rmse_weight)
 from codec.models import build_model
 from metaopt.errors import UserError
 
@@ -58,3 +59,15 @@ def test_bad_loss_settings():
     with pytest.raises(UserError, match="positive"):
         RateDistortionLoss(-1.0, "mse")
     assert not math.isnan(rmse_weight(0.18))
+
+
+@pytest.mark.parametrize("distortion", ["mse", "rmse", "ms-ssim"])
+def test_the_loss_of_a_coded_image_is_the_training_loss_of_its_numbers(distortion):
+    x = torch.rand(1, 3, 192, 192)
+    x_hat = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    out = {"x_hat": x_hat, "likelihoods": {"y": torch.full((1, 4, 12, 12), 0.5)}}
+    terms = RateDistortionLoss(0.0130, distortion)(out, x)
+    ms_ssim = float(ms_ssim_any_size(x_hat, x))
+    value = coded_rd_loss(float(terms["bpp"]), float(terms["mse"]), ms_ssim, 0.0130, distortion)
+    assert value == pytest.approx(float(terms["loss"]), rel=1e-5)
+    assert (coded_rd_loss(0.1, 0.01, None, 0.0130, distortion) is None) == (distortion == "ms-ssim")

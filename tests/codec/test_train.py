@@ -1,8 +1,10 @@
 import json
+import sys
 
 import pytest
 import torch
 
+import codec.train
 from codec.train import main
 from metaopt.tracking import read_metrics
 
@@ -27,16 +29,32 @@ def test_train_writes_config_metrics_and_checkpoints(tmp_path, image_folder):
     assert "optimizer" in state and "aux_optimizer" in state and "rng" in state
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd", "adam --warmup-steps 6"])
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, image_folder, optimizer):
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "adam --warmup-steps 6", "schedulefree", "soap",
+                                       "adam --lr-schedule plateau", "adam --lr-schedule cosine"])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, image_folder, monkeypatch, optimizer):
     args = ["--optimizer", *optimizer.split()]  # the warmup case resumes mid-ramp (step 4 of 6)
     full = run(tmp_path, image_folder, "full", "--steps", "8", *args)
-    part = run(tmp_path, image_folder, "part", "--steps", "4", *args)
+    if "cosine" in optimizer:  # a run planned for 4 steps has another schedule: stop the 8-step plan at step 4
+        with monkeypatch.context() as patch:
+            patch.setattr(codec.train, "out_of_time", lambda cfg, state: state.step >= 4)
+            part = run(tmp_path, image_folder, "part", "--steps", "8", *args)
+    else:
+        part = run(tmp_path, image_folder, "part", "--steps", "4", *args)
     run(tmp_path, image_folder, "part", "--steps", "8", *args, "--resume")
     strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k} for r in rows]  # noqa: E731
     resumed, uninterrupted = strip(read_metrics(part / "metrics.jsonl")), strip(read_metrics(full / "metrics.jsonl"))
     assert [r["step"] for r in resumed] == [2, 4, 6, 8]
     assert resumed == uninterrupted
+    state = lambda run_dir: torch.load(run_dir / "checkpoint.pt", weights_only=False)["lr_schedule"]  # noqa: E731
+    assert state(part) == state(full)  # plateau: its count of validations and of bad ones
+
+
+def test_plateau_is_stepped_with_each_validation_loss(tmp_path, image_folder):
+    # (its reduction after 10 validations without improvement: tests/metaopt/test_optimizers.py)
+    run_dir = run(tmp_path, image_folder, "a", "--steps", "6", "--val-every", "2", "--lr-schedule", "plateau")
+    val_losses = [r["val_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "val_loss" in r]
+    plateau = torch.load(run_dir / "checkpoint.pt", weights_only=False)["lr_schedule"]["plateau"]
+    assert len(val_losses) == plateau["last_epoch"] == 3 and plateau["best"] == min(val_losses)
 
 
 def test_warmup_ramps_the_learning_rate_linearly(tmp_path, image_folder):
@@ -68,6 +86,10 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path, image_folder, capsy
     (["--spike-guard", "0.5"], "spike_guard must be 0 (off) or a factor > 1"),
     (["--spike-snapshot-every", "0"], "spike_snapshot_every must be positive"),
     (["--warmup-steps", "-1"], "warmup_steps must be a non-negative integer"),
+    (["--lr-schedule", "step"], "unknown lr_schedule 'step'"),
+    (["--lr-schedule", "cosine", "--steps", "0"], "lr_schedule cosine decays to zero at the last step"),
+    (["--optimizer", "schedulefree", "--lr-schedule", "plateau"], "use lr_schedule constant"),
+    (["--max-seconds", "-1"], "max_seconds must be >= 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as e:
@@ -75,6 +97,29 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_missing_optimizer_package_is_one_line_before_any_step(tmp_path, image_folder, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "schedulefree", None)  # `import schedulefree` fails, as without the package
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, image_folder, "r", "--optimizer", "schedulefree", "--steps", "1")
+    assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
+        "error: optimizer schedulefree needs the schedulefree package, a dependency of metaopt-codec that this "
+        "environment lacks: pip install schedulefree"]
+    assert not (tmp_path / "r").exists()
+
+
+def test_marks_code_the_held_out_images_by_wall_clock_within_a_time_budget(tmp_path, image_folder):
+    run_dir = run(tmp_path, image_folder, "a", "--steps", "100000", "--max-seconds", "4", "--eval-every-seconds", "2",
+                  "--optimizer", "schedulefree")
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    marks = [r for r in rows if "mark" in r]
+    assert [m["mark"] for m in marks][:2] == [2, 4]  # (a third if a step of the loaded machine took seconds)
+    assert all(m["wall_time"] >= m["mark"] and m["rd_bpp"] > 0 and m["rd_loss"] > m["rd_bpp"] for m in marks)
+    last = [r for r in rows if "loss" in r][-1]
+    assert 4 <= last["wall_time"] < 10 and "val_loss" in last  # stopped by the budget, validated at the end
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert state["step"] == last["step"] < 100000 and state["marks"] == len(marks)
 
 
 def test_empty_data_folder_and_unreadable_image(tmp_path, capsys):
