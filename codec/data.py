@@ -62,13 +62,8 @@ def list_images(folder: str | Path | None, split: str) -> list[Path]:
         sub = root / split
         if not sub.is_dir():
             raise UserError(f"{root} has no {split}/ subfolder (CompressAI ImageFolder layout)")
-        files = _image_files(sub)
-        if not files:
-            raise UserError(f"no images in {sub} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-        return files
-    files = _image_files(root)
-    if not files:
-        raise UserError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return _images_in(sub)
+    files = _images_in(root)
     if len(files) == 1:
         return files  # one image: train and validate on it rather than refuse
     n_test = max(1, len(files) // 10)
@@ -83,9 +78,13 @@ def all_images(folder: str | Path | None) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise UserError(f"data folder not found: {root}")
-    files = _image_files(root)
+    return _images_in(root)
+
+
+def _images_in(folder: Path) -> list[Path]:
+    files = _image_files(folder)
     if not files:
-        raise UserError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise UserError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return files
 
 

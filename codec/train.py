@@ -348,7 +348,7 @@ def resolved_settings(trainer: Trainer) -> dict:
     """What the config's nulls became in this run: the step size the optimizer under study uses (`lr: null` = its
     default) and, for the learned optimizer, the file it loaded (`lopt: null` = the shipped one) and its sha256."""
     cfg = trainer.cfg
-    resolved = {"lr": trainer.base_lrs[0]}
+    resolved = {"lr": trainer.schedule.initial_lrs[0]}
     if cfg["optimizer"] == "lstm":
         lopt = Path(cfg["lopt"] or PRETRAINED).resolve()
         resolved.update(lopt=str(lopt), lopt_sha256=ckpt_io.file_sha256(lopt))

@@ -177,14 +177,19 @@ def photos_section(results: Path) -> list[str]:
         return []
     out = ["## Real photos", ""]
     if (folder / "metrics.jsonl").is_file():
-        last = next(r for r in reversed(_read_jsonl(folder / "metrics.jsonl")) if "loss" in r and "wall_time" in r)
+        rows = _read_jsonl(folder / "metrics.jsonl")
+        last = next(r for r in reversed(rows) if "loss" in r and "wall_time" in r)
         out += [f"Training ([metrics](results/photos/metrics.jsonl)): {last['step']} steps in "
                 f"{_fmt(last['wall_time'] / 60)} min, final training loss {_fmt(last['loss'])}, "
-                f"{last.get('rollbacks', 0)} rollbacks.", ""]
+                f"{last.get('rollbacks', 0)} rollbacks.", "",
+                "| step | minutes | validation bpp (likelihoods) | validation PSNR (dB) |", "|---|---|---|---|"]
+        out += [f"| {r['step']} | {_fmt(r['wall_time'] / 60)} | {_fmt(r['val_bpp'])} | {_fmt(r['val_psnr'])} |"
+                for r in rows if "val_psnr" in r] + [""]
     if (folder / "results.json").is_file():
         out += rd_lines(json.loads((folder / "results.json").read_text()))
-    if (folder / "rd.png").is_file():
-        out += ["![RD, real photos](results/photos/rd.png)", ""]
+    for image, caption in (("rd.png", "RD, real photos"), ("grid.png", "original / ours / JPEG / WebP")):
+        if (folder / image).is_file():
+            out += [f"![{caption}](results/photos/{image})", ""]
     return out
 
 

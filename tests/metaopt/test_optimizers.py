@@ -74,13 +74,18 @@ def test_a_missing_package_is_one_line(monkeypatch, name, module, pip_name):
         check_optimizer_config(name, {})
 
 
-def test_schedulefree_evaluates_at_the_average_and_trains_at_its_gradient_point():
+def _schedulefree_after_five_steps():
     model = _model()
     optimizer = make_optimizer("schedulefree", model.parameters(), {"lr": 1e-2})
     for step in range(5):
         optimizer.zero_grad()
         _loss(model, step).backward()
         optimizer.step()
+    return model, optimizer
+
+
+def test_schedulefree_evaluates_at_the_average_and_trains_at_its_gradient_point():
+    model, optimizer = _schedulefree_after_five_steps()
     y = [p.detach().clone() for p in model.parameters()]
     set_mode(optimizer, "eval")
     x = [p.detach().clone() for p in model.parameters()]
@@ -94,12 +99,7 @@ def test_schedulefree_evaluates_at_the_average_and_trains_at_its_gradient_point(
 
 
 def test_an_evaluation_point_leaves_the_training_point_bit_for_bit():
-    model = _model()
-    optimizer = make_optimizer("schedulefree", model.parameters(), {"lr": 1e-2})
-    for step in range(5):
-        optimizer.zero_grad()
-        _loss(model, step).backward()
-        optimizer.step()
+    model, optimizer = _schedulefree_after_five_steps()
     y = [p.detach().clone() for p in model.parameters()]
     with evaluation_point(optimizer, model.parameters()):
         x = [p.detach().clone() for p in model.parameters()]

@@ -26,7 +26,7 @@ def test_report_has_every_figure_with_sane_values(report):
     assert machine["load_avg_1min_start"] >= 0 and machine["load_avg_1min_end"] >= 0
     described = report["settings"]["learned_optimizers"]
     assert set(described) == {"lstm-coordinate", "lstm-tensor"}
-    assert all("lopt.pt" in d or "fresh" in d for d in described.values())
+    assert all(d.startswith("shipped metaopt/pretrained/lopt") or "fresh" in d for d in described.values())
     paper = report["codec"]["paper"]
     assert (paper["model"], paper["N"], paper["M"], paper["crop"], paper["batch_size"]) == \
         ("bmshj2018-hyperprior", 8, 8, 64, 1)
