@@ -49,7 +49,7 @@ def test_help_shows_each_keys_meaning_from_the_yaml_comments(capsys):
         parse_config(["--help"], "codec/default.yaml", "t")
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse re-wraps the lines
-    assert "--optimizer STR adam | sgd | lstm (network parameters only;" in text
+    assert "--optimizer STR adam | sgd | schedulefree | soap | lstm (network parameters only;" in text
     assert "the first updates, from a random init, are the ones that blow up (default: 0)" in text  # continued
     assert "--lr VALUE null = the optimizer's default" in text and "(default: null)" in text
 
