@@ -491,18 +491,24 @@ def write_outputs(cfg: dict, run_dir: Path, summary: dict, runs: dict[str, dict[
     report.finish()
 
 
+def study_run_dir(cfg: dict, study: str) -> Path:
+    """A study's output folder: --run-dir, else runs/<study>/<time>; a non-empty one only with --resume."""
+    if cfg["run_dir"]:
+        run_dir = Path(cfg["run_dir"])
+    elif cfg["resume"]:
+        raise UserError(f"--resume needs --run-dir (the {study} to continue)")
+    else:
+        run_dir = Path("runs") / study / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if run_dir.exists() and any(run_dir.iterdir()) and not cfg["resume"]:
+        raise UserError(f"{run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
+    return run_dir
+
+
 @cli_entry
 def main(argv=None):
     cfg = parse_config(argv, "compare/default.yaml", "Compare the learned LSTM optimizer with LR-tuned Adam "
                        "on held-out codec training tasks (W&B + summary.json, report.md, convergence.png).")
-    if cfg["run_dir"]:
-        run_dir = Path(cfg["run_dir"])
-    elif cfg["resume"]:
-        raise UserError("--resume needs --run-dir (the compare to continue)")
-    else:
-        run_dir = Path("runs") / "compare" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg["resume"]:
-        raise UserError(f"{run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
+    run_dir = study_run_dir(cfg, "compare")
     summary = run_compare({**cfg, "run_dir": str(run_dir)}, run_dir)
     print((run_dir / "report.md").read_text())
     print(f"outputs: {run_dir}/summary.json, report.md, convergence.png")

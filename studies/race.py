@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from datetime import datetime
 from pathlib import Path
 
 import matplotlib
@@ -38,7 +37,8 @@ from metaopt.config import parse_config  # noqa: E402
 from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.optimizers import LR_SCHEDULES, check_optimizer_config  # noqa: E402
 from metaopt.tracking import Run, read_metrics  # noqa: E402
-from studies.compare import _finite, _fmt, lr_tag, parse_seeds, run_all, tune_lr, worker_pool  # noqa: E402
+from studies.compare import (_finite, _fmt, lr_tag, parse_seeds, run_all, study_run_dir, tune_lr,  # noqa: E402
+                             worker_pool)
 
 LEARNED = "lstm"
 MARK_KEYS = ("rd_bpp", "rd_psnr_rgb", "rd_ms_ssim_rgb", "rd_loss")  # what codec.train logs at each mark
@@ -381,14 +381,7 @@ def run_race(cfg: dict, run_dir: Path) -> dict:
 def main(argv=None):
     cfg = parse_config(argv, "race/default.yaml", "Race optimizers to a held-out RD quality in wall-clock seconds "
                        "(W&B + summary.json, report.md, race.png).")
-    if cfg["run_dir"]:
-        run_dir = Path(cfg["run_dir"])
-    elif cfg["resume"]:
-        raise UserError("--resume needs --run-dir (the race to continue)")
-    else:
-        run_dir = Path("runs") / "race" / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg["resume"]:
-        raise UserError(f"{run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
+    run_dir = study_run_dir(cfg, "race")
     summary = run_race({**cfg, "run_dir": str(run_dir)}, run_dir)
     print((run_dir / "report.md").read_text())
     print(f"outputs: {run_dir}/summary.json, report.md, race.png")
