@@ -35,7 +35,7 @@ class Codec:
 
 
 CODECS = {
-    "jpeg": Codec("JPEG", "JPEG", "jpg", (5, 10, 20, 30, 50, 70, 85, 95)),
+    "jpeg": Codec("JPEG", "JPEG", "jpg", (1, 3, 5, 10, 20, 30, 50, 70, 85, 95)),  # 1, 3: learned codecs at low rates
     "webp": Codec("WebP", "WEBP", "webp", (5, 10, 20, 30, 50, 70, 85, 95)),
     "avif": Codec("AVIF", "AVIF", "avif", (10, 25, 40, 55, 70, 85)),
     "jpeg2000": Codec("JPEG 2000", "JPEG2000", "jpg_2000", (240, 120, 60, 30, 15, 8)),

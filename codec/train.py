@@ -153,6 +153,16 @@ def resume_from(path: Path, trainer: Trainer) -> TrainState:
                       marks=ckpt.get("marks", 0))
 
 
+def init_weights(path: Path, trainer: Trainer) -> None:
+    """Start from a trained codec's weights (`init_from`); the optimizers and the step start afresh."""
+    model, meta = load_model(path)
+    wanted = {"model_name": trainer.cfg["model"], "N": trainer.cfg["N"], "M": trainer.cfg["M"]}
+    found = {"model_name": meta["model_name"], **meta["model_config"]}
+    if found != wanted:
+        raise UserError(f"init_from {path} holds {found}, this run trains {wanted}")
+    trainer.model.load_state_dict(model.state_dict())
+
+
 def save_checkpoint(path: Path, trainer: Trainer, state: TrainState, with_state: bool) -> None:
     """`checkpoint.pt` (with_state: also what a resume needs: optimizers, LR schedule, RNG, guard; the training
     point) or `best.pt` (saved inside `evaluation_point`: the weights to use, a schedule-free optimizer's average)."""
@@ -352,6 +362,8 @@ def resolved_settings(trainer: Trainer) -> dict:
     if cfg["optimizer"] == "lstm":
         lopt = Path(cfg["lopt"] or PRETRAINED).resolve()
         resolved.update(lopt=str(lopt), lopt_sha256=ckpt_io.file_sha256(lopt))
+    if cfg["init_from"] and Path(cfg["init_from"]).is_file():  # a resume does not need the file any more
+        resolved["init_from_sha256"] = ckpt_io.file_sha256(Path(cfg["init_from"]))
     return resolved
 
 
@@ -369,6 +381,8 @@ def train(cfg: dict, run_dir: Path, group: str | None = None, show_progress: boo
     batches = CropBatches(train_paths, cfg["crop"], cfg["batch_size"], cfg["seed"])
     val_images = validation_images(val_paths, cfg["val_crop"])
     mark_images = [load_image(p) for p in coded_images(cfg)] if cfg["eval_every_seconds"] else []
+    if cfg["init_from"] and not cfg["resume"]:
+        init_weights(Path(cfg["init_from"]), trainer)
     state = resume_from(latest, trainer) if cfg["resume"] else TrainState()
     run = Run(run_dir, {**cfg, RESOLVED: resolved_settings(trainer)}, job_type="codec-train",
               group=group or cfg["group"], tags=[cfg["optimizer"], *cfg["tags"]],

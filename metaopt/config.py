@@ -109,8 +109,13 @@ def _coerce(key: str, value: Any, like: Any, source: str) -> Any:
             if not isinstance(value, list) or (nested and not all(isinstance(v, list) for v in value)):
                 raise ValueError
             return value
+        if isinstance(like, dict):  # a mapping: YAML in a file, or YAML flow style on the command line
+            value = yaml.safe_load(value) if isinstance(value, str) else value
+            if not isinstance(value, dict):
+                raise ValueError
+            return value
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, yaml.YAMLError):
         raise UserError(f"{source}: {key!r} must be {type(like).__name__}, got {value!r}") from None
 
 

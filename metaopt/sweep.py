@@ -93,7 +93,10 @@ def run_name(i: int, assignment: dict, varying: set[str]) -> str:
 
 
 def command_for(spec: dict, assignment: dict, run_dir: Path) -> list[str]:
-    args = [f"--{k}={v}" for k, v in assignment.items()] + [f"--run_dir={run_dir}"]
+    # A sweep that sets run_dir itself (a study's jobs, studies/sweeps.py) places its runs; else each run gets one.
+    args = [f"--{k}={v}" for k, v in assignment.items()]
+    if "run_dir" not in assignment:
+        args.append(f"--run_dir={run_dir}")
     cmd = []
     for word in spec.get("command", DEFAULT_COMMAND):
         if word == "${env}":
@@ -157,6 +160,7 @@ def main(argv=None):
                 print(f"warning: run {run_dir.name} exited with {code}; continuing the sweep", file=sys.stderr)
                 results.append({"run": run_dir.name, **assignment, "exit_code": code})
                 continue
+            run_dir.mkdir(parents=True, exist_ok=True)
             done.write_text(json.dumps({"exit_code": 0}))
         results.append({"run": run_dir.name, **assignment, "exit_code": 0, **_outcome(run_dir, spec.get("metric"))})
     if not args.dry_run:

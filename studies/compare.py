@@ -45,6 +45,7 @@ from metaopt.config import parse_config  # noqa: E402
 from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.optimizers import OPTIMIZERS  # noqa: E402
 from metaopt.tracking import Run, read_metrics  # noqa: E402
+from studies.sweeps import distributed_run_dir, is_distributed, run_distributed  # noqa: E402
 
 TUNE_ON = {"train_loss": "training RD loss over the last 10% of T steps of a run with the tuning seed",
            "val_loss": "validation RD loss on the held-out test images after T steps"}
@@ -189,35 +190,59 @@ def lr_tag(lr) -> str:
     return "default" if lr is None else f"{lr:g}"
 
 
-def run_compare(cfg: dict, run_dir: Path) -> dict:
+def tuning_jobs(cfg: dict, run_dir: Path) -> list[tuple[Path, dict]]:
+    """Adam (and the LSTM when `lstm_lrs` is set) at every LR of its grid and every tuning seed."""
     plan = check_config(cfg)
-    group = cfg["group"] or run_dir.name
-    cfg = {**cfg, "group": group}
+    return [(run_dir / "tune" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}",
+             codec_config(cfg, optimizer, lr, seed, tags=("tuning",)))
+            for optimizer, grid in tuning_grids(cfg).items() for lr in grid for seed in plan["tune_seeds"]]
+
+
+def tuning_grids(cfg: dict) -> dict[str, list]:
+    return {"adam": cfg["adam_lrs"], **({"lstm": cfg["lstm_lrs"]} if cfg["lstm_lrs"] else {})}
+
+
+def tuned_lrs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, tuple[dict, float]]:
+    """optimizer -> (its LR-grid results, the chosen LR) from the finished tuning runs' final rows."""
+    plan = check_config(cfg)
+    return {optimizer: tune_lr(cfg, plan, run_dir, optimizer, grid, tuning_rows)
+            for optimizer, grid in tuning_grids(cfg).items()}
+
+
+def reported_runs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, dict[int, tuple[Path, dict]]]:
+    """optimizer -> seed -> (run directory, config): every optimizer x reported seed, tuned ones at their LR."""
+    plan, tuned = check_config(cfg), tuned_lrs(cfg, run_dir, tuning_rows)
+    runs = {}
+    for optimizer in cfg["optimizers"]:
+        lr = tuned[optimizer][1] if optimizer in tuned else None
+        runs[optimizer] = {seed: (run_dir / "runs" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}",
+                                  codec_config(cfg, optimizer, lr, seed)) for seed in plan["seeds"]}
+    return runs
+
+
+def reported_jobs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> list[tuple[Path, dict]]:
+    return [job for by_seed in reported_runs(cfg, run_dir, tuning_rows).values() for job in by_seed.values()]
+
+
+def report(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict:
+    """Summary and outputs of a study whose runs are all finished."""
+    runs = {optimizer: {seed: path for seed, (path, _) in by_seed.items()}
+            for optimizer, by_seed in reported_runs(cfg, run_dir, tuning_rows).items()}
+    summary = summarize(cfg, runs, tuned_lrs(cfg, run_dir, tuning_rows), meta_horizon(cfg))
+    write_outputs(cfg, run_dir, summary, runs)
+    return summary
+
+
+def run_compare(cfg: dict, run_dir: Path) -> dict:
+    check_config(cfg)
+    cfg = {**cfg, "group": cfg["group"] or run_dir.name}
     if cfg["workers"] > 1 and not cfg["threads"]:  # torch's default (all cores) in every worker would oversubscribe
         cfg["threads"] = max(1, (os.cpu_count() or 1) // cfg["workers"])
     run_dir.mkdir(parents=True, exist_ok=True)
-
-    grids = {"adam": cfg["adam_lrs"], **({"lstm": cfg["lstm_lrs"]} if cfg["lstm_lrs"] else {})}
-    tune_jobs = [(run_dir / "tune" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}",
-                  codec_config(cfg, optimizer, lr, seed, tags=("tuning",)))
-                 for optimizer, grid in grids.items() for lr in grid for seed in plan["tune_seeds"]]
     with worker_pool(cfg["workers"]) as pool:
-        tune_rows = run_all(tune_jobs, group, pool)
-        tuned = {optimizer: tune_lr(cfg, plan, run_dir, optimizer, grid, tune_rows)
-                 for optimizer, grid in grids.items()}
-
-        runs: dict[str, dict[int, Path]] = {}
-        jobs = []
-        for optimizer in cfg["optimizers"]:
-            lr = tuned[optimizer][1] if optimizer in tuned else None
-            for seed in plan["seeds"]:
-                path = run_dir / "runs" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}"
-                jobs.append((path, codec_config(cfg, optimizer, lr, seed)))
-                runs.setdefault(optimizer, {})[seed] = path
-        run_all(jobs, group, pool)
-    summary = summarize(cfg, runs, tuned, meta_horizon(cfg))
-    write_outputs(cfg, run_dir, summary, runs)
-    return summary
+        tuning_rows = run_all(tuning_jobs(cfg, run_dir), cfg["group"], pool)
+        run_all(reported_jobs(cfg, run_dir, tuning_rows), cfg["group"], pool)
+    return report(cfg, run_dir, tuning_rows)
 
 
 def tune_lr(cfg: dict, plan: dict, run_dir: Path, optimizer: str, grid: list,
@@ -508,8 +533,14 @@ def study_run_dir(cfg: dict, study: str) -> Path:
 def main(argv=None):
     cfg = parse_config(argv, "compare/default.yaml", "Compare the learned LSTM optimizer with LR-tuned Adam "
                        "on held-out codec training tasks (W&B + summary.json, report.md, convergence.png).")
-    run_dir = study_run_dir(cfg, "compare")
-    summary = run_compare({**cfg, "run_dir": str(run_dir)}, run_dir)
+    if is_distributed(cfg):
+        summary = run_distributed(cfg, distributed_run_dir(cfg), sys.modules[__name__])
+        if not cfg["report"]:
+            return summary
+        run_dir = Path(cfg["run_dir"])
+    else:
+        run_dir = study_run_dir(cfg, "compare")
+        summary = run_compare({**cfg, "run_dir": str(run_dir)}, run_dir)
     print((run_dir / "report.md").read_text())
     print(f"outputs: {run_dir}/summary.json, report.md, convergence.png")
     return summary

@@ -18,9 +18,11 @@ trains K runs at once, each in its own process with one thread.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -37,8 +39,9 @@ from metaopt.config import parse_config  # noqa: E402
 from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.optimizers import LR_SCHEDULES, check_optimizer_config  # noqa: E402
 from metaopt.tracking import Run, read_metrics  # noqa: E402
-from studies.compare import (_finite, _fmt, lr_tag, parse_seeds, run_all, study_run_dir, tune_lr,  # noqa: E402
-                             worker_pool)
+from studies.compare import (_finite, _fmt, lr_tag, parse_seeds, run_all, run_one, study_run_dir,  # noqa: E402
+                             tune_lr, worker_pool)
+from studies.sweeps import distributed_run_dir, is_distributed, run_distributed  # noqa: E402
 
 LEARNED = "lstm"
 MARK_KEYS = ("rd_bpp", "rd_psnr_rgb", "rd_ms_ssim_rgb", "rd_loss")  # what codec.train logs at each mark
@@ -59,6 +62,8 @@ def check_config(cfg: dict) -> dict:
     if all(parse_contender(c)[0] == LEARNED for c in contenders):
         raise UserError("contenders need at least one hand-designed optimizer: it sets the target")
     for key in ("seconds", "tune_seconds", "mark_seconds", "steps", "tune_steps"):
+        if key == "steps" and cfg[key] is None:  # planned from the tuning runs' speed
+            continue
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or not cfg[key] > 0:
             raise UserError(f"{key} must be positive, got {cfg[key]!r}")
     if cfg["mark_seconds"] > cfg["seconds"]:
@@ -73,7 +78,7 @@ def check_config(cfg: dict) -> dict:
     for contender in contenders:
         optimizer, schedule = parse_contender(contender)
         try:
-            for steps in (cfg["steps"], cfg["tune_steps"]):
+            for steps in (cfg["steps"] or cfg["tune_steps"], cfg["tune_steps"]):
                 check_optimizer_config(optimizer, {"lr": cfg["lrs"][0], "lr_schedule": schedule, "steps": steps,
                                                    "lopt": cfg["lopt"]})
         except UserError as e:
@@ -81,6 +86,7 @@ def check_config(cfg: dict) -> dict:
     seeds, tune_seeds = parse_seeds(cfg["seeds"]), parse_seeds(cfg["tune_seeds"])
     if set(seeds) & set(tune_seeds):
         raise UserError(f"tune_seeds {sorted(set(seeds) & set(tune_seeds))} are also reported seeds; pick others")
+    task_config(cfg)  # the codec file and its overrides
     return {"seeds": seeds, "tune_seeds": tune_seeds}
 
 
@@ -110,35 +116,59 @@ def image_folders(data: str | None, run_dir: Path, fraction: float) -> dict[str,
             for i, image in enumerate(images):  # numbered: two folders may hold files of the same name
                 link = root / split / f"{i:04d}-{image.name}"
                 if not link.is_symlink():
-                    link.symlink_to(Path(image).resolve())
+                    with contextlib.suppress(FileExistsError):  # sweep agents on other machines make them too
+                        link.symlink_to(Path(image).resolve())
         folders[name] = root
     return folders
 
 
-def run_config(base: dict, cfg: dict, contender: str, lr: float, seed: int, data: Path, tuning: bool) -> dict:
+def run_config(base: dict, cfg: dict, contender: str, lr: float, seed: int, data: Path, tuning: bool,
+               steps: int | None = None) -> dict:
     """The codec.train config of one run: `base` (the task) with the contender, its budget and, in the race, its
     marks."""
     optimizer, schedule = parse_contender(contender)
     return {**base, "optimizer": optimizer, "lr_schedule": schedule, "lr": lr, "seed": seed, "data": str(data),
-            "lopt": cfg["lopt"], "steps": cfg["tune_steps" if tuning else "steps"],
+            "lopt": cfg["lopt"], "steps": cfg["tune_steps"] if tuning else steps or cfg["steps"] or cfg["tune_steps"],
             "max_seconds": cfg["tune_seconds" if tuning else "seconds"],
             "eval_every_seconds": 0 if tuning else cfg["mark_seconds"], "mark_data": None if tuning else cfg["data"],
             "eval_at_end": False, "threads": 1, "workers": 0, "device": cfg["device"], "group": cfg["group"]}
 
 
-def tuning_jobs(base: dict, cfg: dict, plan: dict, run_dir: Path, data: Path) -> list[tuple[Path, dict]]:
+def tuning_runs(base: dict, cfg: dict, plan: dict, run_dir: Path, data: Path) -> list[tuple[Path, dict]]:
     """Every contender x LR of the grid x tuning seed: the same number of runs on the same budget for each."""
     return [(run_dir / "tune" / f"{contender}-lr{lr_tag(lr)}-s{seed}",
              run_config(base, cfg, contender, lr, seed, data, tuning=True))
             for contender in cfg["contenders"] for lr in cfg["lrs"] for seed in plan["tune_seeds"]]
 
 
-def race_jobs(base: dict, cfg: dict, plan: dict, run_dir: Path, data: Path,
-              tuned: dict[str, float]) -> dict[str, dict[int, tuple[Path, dict]]]:
-    """contender -> seed -> (run directory, config) at the contender's tuned LR."""
+def race_runs(base: dict, cfg: dict, plan: dict, run_dir: Path, data: Path, tuned: dict[str, float],
+              steps: dict[str, int] | None = None) -> dict[str, dict[int, tuple[Path, dict]]]:
+    """contender -> seed -> (run directory, config) at the contender's tuned LR (and `steps`: its planned steps,
+    when the config leaves them to the tuning runs' speed)."""
     return {contender: {seed: (run_dir / "runs" / f"{contender}-lr{lr_tag(tuned[contender])}-s{seed}",
-                               run_config(base, cfg, contender, tuned[contender], seed, data, tuning=False))
+                               run_config(base, cfg, contender, tuned[contender], seed, data, tuning=False,
+                                          steps=(steps or {}).get(contender)))
                         for seed in plan["seeds"]} for contender in cfg["contenders"]}
+
+
+# Planned steps from the tuning runs' speed are this much more than fit in `seconds`: a schedule that decays to
+# zero at its last step then ends just after the time does, whereas a run that ran out of steps early would miss
+# its last marks.
+STEPS_MARGIN = 1.1
+
+
+def planned_steps(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, int] | None:
+    """`steps: null`: each contender's reported runs plan `seconds` x its steps per second in its tuning runs
+    (x STEPS_MARGIN), so a cosine schedule decays over the time budget whatever the optimizer's step costs."""
+    if cfg["steps"] is not None:
+        return None
+    steps = {}
+    for contender in cfg["contenders"]:
+        rows = [read_metrics(path / "metrics.jsonl")[-1] for path in tuning_rows
+                if path.name.startswith(f"{contender}-lr")]
+        per_second = sum(r["step"] for r in rows) / sum(r["wall_time"] for r in rows)
+        steps[contender] = math.ceil(cfg["seconds"] * per_second * STEPS_MARGIN)
+    return steps
 
 
 # -- the marks -----------------------------------------------------------------------------------------
@@ -182,6 +212,16 @@ def versus_anchor(anchor_bpp, anchor_psnr, bpp: float | None, psnr: float | None
     return out
 
 
+def carried_marks(run_dir: Path, nominal: list[float]) -> list[dict]:
+    """The run's marks; a run that finished its planned steps before the time budget keeps its last mark's values
+    at the later marks ("carried": its weights no longer change; the steps after that mark are not credited),
+    whereas a run stopped for diverging gets none."""
+    marks = read_marks(run_dir)
+    if not marks or any(row.get("stopped_diverged") for row in read_metrics(run_dir / "metrics.jsonl")):
+        return marks
+    return marks + [{**marks[-1], "mark": mark, "carried": True} for mark in nominal if mark > marks[-1]["mark"]]
+
+
 # -- the summary ---------------------------------------------------------------------------------------
 def first_reach(marks: list[dict], target: float) -> float | None:
     """Training seconds of the first mark at or below `target` (None: never, or no finite target)."""
@@ -198,8 +238,8 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuning: dict[str, tup
               anchor: dict) -> dict:
     """`runs`: contender -> seed -> run directory; `tuning`: contender -> (LR-grid results, tuned LR) as
     studies.compare's `tune_lr` returns them; `anchor`: {"name", "bpp": [...], "psnr": [...]} (JPEG)."""
-    marks = {c: {seed: read_marks(path) for seed, path in by_seed.items()} for c, by_seed in runs.items()}
     nominal = [cfg["mark_seconds"] * k for k in range(1, int(cfg["seconds"] // cfg["mark_seconds"]) + 1)]
+    marks = {c: {seed: carried_marks(path, nominal) for seed, path in by_seed.items()} for c, by_seed in runs.items()}
 
     def at(run_marks: list[dict], mark: float) -> dict | None:
         return next((m for m in run_marks if m["mark"] == mark), None)
@@ -355,34 +395,81 @@ def jpeg_anchor(data: str | None, run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def run_race(cfg: dict, run_dir: Path) -> dict:
-    plan = check_config(cfg)
-    cfg = {**cfg, "group": cfg["group"] or run_dir.name}
-    task = config_from_argv(["--config", cfg["codec"]])  # the codec.train config every run starts from
-    run_dir.mkdir(parents=True, exist_ok=True)
+def task_config(cfg: dict) -> dict:
+    """The codec.train config every run starts from: the `codec` file with `codec_overrides` applied."""
+    task, overrides = config_from_argv(["--config", cfg["codec"]]), cfg["codec_overrides"] or {}
+    unknown = sorted(set(overrides) - set(task)) if isinstance(overrides, dict) else None
+    if unknown is None or unknown:
+        raise UserError(f"codec_overrides must map codec.train keys to values, got {overrides!r}")
+    task = {**task, **overrides}
+    check_codec_config(task)
+    return task
+
+
+def tuning_jobs(cfg: dict, run_dir: Path) -> list[tuple[Path, dict]]:
+    """The tuning runs; every run's config, the reported ones' too (at a grid LR), is validated first."""
+    plan, task = check_config(cfg), task_config(cfg)
     folders = image_folders(cfg["data"], run_dir, cfg["tune_images"])
-    tune = tuning_jobs(task, cfg, plan, run_dir, folders["tune"])
-    untuned = race_jobs(task, cfg, plan, run_dir, folders["race"], {c: cfg["lrs"][0] for c in cfg["contenders"]})
+    tune = tuning_runs(task, cfg, plan, run_dir, folders["tune"])
+    untuned = race_runs(task, cfg, plan, run_dir, folders["race"], {c: cfg["lrs"][0] for c in cfg["contenders"]})
     for _, job in tune + [job for by_seed in untuned.values() for job in by_seed.values()]:
-        check_codec_config(job)  # every run's config, before the first one starts
-    anchor = jpeg_anchor(cfg["data"], run_dir)
-    with worker_pool(cfg["workers"]) as pool:
-        rows = run_all(tune, cfg["group"], pool)
-        tuning = {c: tune_lr({"tune_on": "val_loss"}, plan, run_dir, c, cfg["lrs"], rows) for c in cfg["contenders"]}
-        jobs = race_jobs(task, cfg, plan, run_dir, folders["race"], {c: lr for c, (_, lr) in tuning.items()})
-        run_all([job for by_seed in jobs.values() for job in by_seed.values()], cfg["group"], pool)
+        check_codec_config(job)
+    return tune
+
+
+def tuned_lrs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, tuple[dict, float]]:
+    """contender -> (its LR-grid results, the chosen LR) from the finished tuning runs' final rows."""
+    plan = check_config(cfg)
+    return {c: tune_lr({"tune_on": "val_loss"}, plan, run_dir, c, cfg["lrs"], tuning_rows)
+            for c in cfg["contenders"]}
+
+
+def reported_runs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, dict[int, tuple[Path, dict]]]:
+    folders = image_folders(cfg["data"], run_dir, cfg["tune_images"])
+    tuned = {c: lr for c, (_, lr) in tuned_lrs(cfg, run_dir, tuning_rows).items()}
+    return race_runs(task_config(cfg), cfg, check_config(cfg), run_dir, folders["race"], tuned,
+                     planned_steps(cfg, run_dir, tuning_rows))
+
+
+def reported_jobs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> list[tuple[Path, dict]]:
+    return [job for by_seed in reported_runs(cfg, run_dir, tuning_rows).values() for job in by_seed.values()]
+
+
+def report(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict:
+    """Summary and outputs of a race whose runs are all finished."""
+    jobs = reported_runs(cfg, run_dir, tuning_rows)
     runs = {c: {seed: path for seed, (path, _) in by_seed.items()} for c, by_seed in jobs.items()}
-    summary = summarize(cfg, runs, tuning, anchor)
+    summary = summarize(cfg, runs, tuned_lrs(cfg, run_dir, tuning_rows), jpeg_anchor(cfg["data"], run_dir))
+    for contender, by_seed in jobs.items():
+        summary["contenders"][contender]["planned_steps"] = next(iter(by_seed.values()))[1]["steps"]
     write_outputs(cfg, run_dir, summary)
     return summary
+
+
+def run_race(cfg: dict, run_dir: Path) -> dict:
+    check_config(cfg)  # before the run directory exists
+    cfg = {**cfg, "group": cfg["group"] or run_dir.name}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tune = tuning_jobs(cfg, run_dir)  # every run's config is checked before the first one starts
+    jpeg_anchor(cfg["data"], run_dir)
+    with worker_pool(cfg["workers"]) as pool:
+        tuning_rows = run_all(tune, cfg["group"], pool)
+        run_all(reported_jobs(cfg, run_dir, tuning_rows), cfg["group"], pool)
+    return report(cfg, run_dir, tuning_rows)
 
 
 @cli_entry
 def main(argv=None):
     cfg = parse_config(argv, "race/default.yaml", "Race optimizers to a held-out RD quality in wall-clock seconds "
                        "(W&B + summary.json, report.md, race.png).")
-    run_dir = study_run_dir(cfg, "race")
-    summary = run_race({**cfg, "run_dir": str(run_dir)}, run_dir)
+    if is_distributed(cfg):
+        summary = run_distributed(cfg, distributed_run_dir(cfg), sys.modules[__name__])
+        if not cfg["report"]:
+            return summary
+        run_dir = Path(cfg["run_dir"])
+    else:
+        run_dir = study_run_dir(cfg, "race")
+        summary = run_race({**cfg, "run_dir": str(run_dir)}, run_dir)
     print((run_dir / "report.md").read_text())
     print(f"outputs: {run_dir}/summary.json, report.md, race.png")
     return summary

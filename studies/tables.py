@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from codec.rd import bd_rate
 
@@ -171,25 +172,69 @@ def rd_section(results: Path) -> list[str]:
 
 
 def photos_section(results: Path) -> list[str]:
-    """Rendered only once docs/results/photos/ exists: a codec.train run and its codec.eval on real photos."""
+    """Rendered only once docs/results/photos/ exists: its codec.train runs (train/<run>/ holds each run's
+    config.yaml and metrics.jsonl) and codec.eval curves (rd_<name>.json) on the held-out real photos."""
     folder = results / "photos"
     if not folder.is_dir():
         return []
-    out = ["## Real photos", ""]
-    if (folder / "metrics.jsonl").is_file():
-        rows = _read_jsonl(folder / "metrics.jsonl")
-        last = next(r for r in reversed(rows) if "loss" in r and "wall_time" in r)
-        out += [f"Training ([metrics](results/photos/metrics.jsonl)): {last['step']} steps in "
-                f"{_fmt(last['wall_time'] / 60)} min, final training loss {_fmt(last['loss'])}, "
-                f"{last.get('rollbacks', 0)} rollbacks.", "",
-                "| step | minutes | validation bpp (likelihoods) | validation PSNR (dB) |", "|---|---|---|---|"]
-        out += [f"| {r['step']} | {_fmt(r['wall_time'] / 60)} | {_fmt(r['val_bpp'])} | {_fmt(r['val_psnr'])} |"
-                for r in rows if "val_psnr" in r] + [""]
-    if (folder / "results.json").is_file():
-        out += rd_lines(json.loads((folder / "results.json").read_text()))
+    out = ["## Real photos", "", "Commands: [photos/README.md](results/photos/README.md).", ""]
+    runs = sorted((folder / "train").glob("*/metrics.jsonl"))
+    if runs:
+        rows = []
+        for path in runs:
+            cfg = yaml.safe_load((path.parent / "config.yaml").read_text())
+            metrics = _read_jsonl(path)
+            last = next(r for r in reversed(metrics) if "wall_time" in r)
+            validated = [r for r in metrics if "val_psnr" in r]
+            start = Path(cfg["init_from"]).parent.name if cfg.get("init_from") else "scratch"
+            rows.append([path.parent.name, cfg["model"], cfg["distortion"], cfg["lmbda"], start, last["step"],
+                         _lr(cfg["lr"]), last["wall_time"] / 60, validated[-1]["val_bpp"] if validated else None,
+                         validated[-1]["val_psnr"] if validated else None])
+        out += ["Training runs ([train/](results/photos/train/)): minutes are this run's own, not counting the run "
+                "it started from; validation on 512² crops of the held-out photos, rate from the likelihoods.", ""]
+        out += _table(["run", "model", "distortion", "λ", "started from", "steps", "lr", "minutes",
+                       "validation bpp", "validation PSNR (dB)"], rows) + [""]
+    curves = {path.stem.removeprefix("rd_"): json.loads(path.read_text()) for path in sorted(folder.glob("rd_*.json"))}
+    for curve in curves.values():
+        out += rd_lines(curve)
+    if {"deep_rmse", "plain_mse"} <= set(curves):
+        deep, plain = curves["deep_rmse"], curves["plain_mse"]
+        out += [f"**Deepened + RMSE against plain hyperprior + MSE** (the same steps, data and schedule): BD-rate "
+                f"{_bd_rate_text(plain, deep, 'psnr-rgb')} in PSNR, {_bd_rate_text(plain, deep, 'ms-ssim-rgb-db')} "
+                "in MS-SSIM (negative: the deepened RMSE codec needs fewer bits).", ""]
     for image, caption in (("rd.png", "RD, real photos"), ("grid.png", "original / ours / JPEG / WebP")):
         if (folder / image).is_file():
             out += [f"![{caption}](results/photos/{image})", ""]
+    return out
+
+
+# -- races (studies.race summary.json) -------------------------------------------------------------------------
+
+def race_section(results: Path) -> list[str]:
+    out = []
+    for path in sorted(results.rglob("summary.json")):
+        summary, link = json.loads(path.read_text()), path.parent.relative_to(results)
+        if "best_hand_designed" not in summary:  # a compare's
+            continue
+        anchor, last = summary["anchor"]["name"], len(summary["marks"]) - 1
+        out += [f"### [{link}](results/{link}/)", "",
+                f"{_fmt(summary['seconds'])} s of training per run, seeds {_seeds(summary['seeds'])}, LRs tuned on "
+                f"{summary['lrs']} with tuning seeds {summary['tune_seeds']}. Target: {_fmt(summary['target_rd_loss'])}"
+                f", the {summary['target_definition']}. Held-out values are medians over the seeds at the last mark "
+                f"({_fmt(summary['marks'][-1])} s).", ""]
+        rows = []
+        for name, e in summary["contenders"].items():
+            final = e["per_mark"][last]
+            rows.append([name, _lr(e["tuned_lr"]), "never" if e["median_seconds_to_target"] is None else e["median_seconds_to_target"],
+                         e["seconds_ratio_vs_best"], e["median_final_rd_loss"], final["bpp"], final["psnr"],
+                         final[f"psnr_gain_vs_{anchor}"]])
+        out += _table(["contender", "tuned lr", "median seconds to target", f"× {summary['best_hand_designed']}",
+                       "held-out RD loss", "bpp", "PSNR (dB)", f"PSNR over {anchor} at that bpp (dB)"], rows) + [""]
+    if out:
+        out = ["## Races: time to a held-out RD quality (`python -m studies.race`)", "",
+               "Every contender's LR tuned on the same grid and budget on tuning seeds and tuning images; then each "
+               "reported seed trained for the same seconds, two runs at a time with one thread each; the held-out "
+               "photos entropy-coded at fixed marks of training time.", ""] + out
     return out
 
 
@@ -278,7 +323,7 @@ def render(results: Path = RESULTS) -> str:
              "Generated by `python -m studies.tables` from the raw results committed under "
              "[docs/results/](results/); do not edit by hand. The story behind them: [ablation](ablation.md), "
              "[speed](speed.md), [GPU](gpu.md).", ""]
-    for section in (photos_section, long_runs_section, compares_section, bench_section, rd_section):
+    for section in (photos_section, race_section, long_runs_section, compares_section, bench_section, rd_section):
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"
 

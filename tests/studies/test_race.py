@@ -15,7 +15,8 @@ JPEG = {"name": "jpeg", "bpp": [0.2, 0.4, 0.8, 1.6], "psnr": [24.0, 27.0, 30.0, 
 def _cfg(**overrides):
     return {"contenders": ["adam-plateau", "soap", "lstm"], "lrs": [1e-3, 3e-3], "seeds": 3, "tune_seeds": [100],
             "seconds": 30, "mark_seconds": 10, "tune_seconds": 5, "steps": 1000, "tune_steps": 100,
-            "tune_images": 0.1, "lopt": None, "data": None, "device": "cpu", "group": "g", **overrides}
+            "tune_images": 0.1, "lopt": None, "data": None, "device": "cpu", "group": "g",
+            "codec": "configs/codec/photos.yaml", "codec_overrides": {}, **overrides}
 
 
 def test_contender_names():
@@ -56,7 +57,7 @@ def test_tuning_sees_neither_the_held_out_images_nor_the_tuning_images_in_traini
 def test_every_contender_is_tuned_on_the_same_budget(tmp_path):
     cfg = _cfg()
     plan = race.check_config(cfg)
-    jobs = race.tuning_jobs({"model": "m"}, cfg, plan, tmp_path, tmp_path / "tune-data")
+    jobs = race.tuning_runs({"model": "m"}, cfg, plan, tmp_path, tmp_path / "tune-data")
     assert len(jobs) == 3 * 2 * 1
     for contender in cfg["contenders"]:
         runs = [c for path, c in jobs if path.name.startswith(contender + "-lr")]
@@ -65,11 +66,27 @@ def test_every_contender_is_tuned_on_the_same_budget(tmp_path):
             (5, 100, str(tmp_path / "tune-data"), 0)}
     plateau = next(c for path, c in jobs if path.name.startswith("adam-plateau"))
     assert (plateau["optimizer"], plateau["lr_schedule"], plateau["threads"]) == ("adam", "plateau", 1)
-    runs = race.race_jobs({"model": "m"}, cfg, plan, tmp_path, tmp_path / "race-data",
+    runs = race.race_runs({"model": "m"}, cfg, plan, tmp_path, tmp_path / "race-data",
                           {c: 1e-3 for c in cfg["contenders"]})
     path, config = runs["soap"][2]
     assert path == tmp_path / "runs" / "soap-lr0.001-s2"
     assert (config["max_seconds"], config["eval_every_seconds"], config["seed"]) == (30, 10, 2)
+
+
+def test_null_steps_plan_each_contenders_steps_from_its_tuning_speed(tmp_path):
+    cfg = _cfg(steps=None, contenders=["adam-cosine", "soap-cosine"], lrs=[1e-3])
+    rows = {}
+    for contender, (steps, seconds) in {"adam-cosine": (100, 10.0), "soap-cosine": (100, 20.0)}.items():
+        path = tmp_path / "tune" / f"{contender}-lr0.001-s100"
+        path.mkdir(parents=True)
+        (path / "metrics.jsonl").write_text(json.dumps({"step": steps, "wall_time": seconds}) + "\n")
+        rows[path] = {}
+    planned = race.planned_steps(cfg, tmp_path, rows)
+    assert planned == {"adam-cosine": 330, "soap-cosine": 165}  # 30 s x steps per second x 1.1
+    runs = race.race_runs({"model": "m"}, cfg, race.check_config(cfg), tmp_path, tmp_path, {c: 1e-3 for c in planned},
+                          planned)
+    assert runs["soap-cosine"][0][1]["steps"] == 165
+    assert race.planned_steps(_cfg(), tmp_path, rows) is None  # steps given: every run plans them
 
 
 def test_a_point_against_the_anchor_is_bd_rate_at_its_quality():
@@ -84,7 +101,7 @@ def test_a_point_against_the_anchor_is_bd_rate_at_its_quality():
     assert race.versus_anchor(JPEG["bpp"], JPEG["psnr"], 5.0, 40.0) == {"bd_rate": None, "psnr_gain": None}
 
 
-def _write_run(path, losses, seconds=None, psnr=None):
+def _write_run(path, losses, seconds=None, psnr=None, diverged=False):
     """A codec.train metrics file with mark rows (every 10 s) between ordinary rows."""
     path.mkdir(parents=True)
     rows = []
@@ -92,8 +109,20 @@ def _write_run(path, losses, seconds=None, psnr=None):
         rows.append({"step": 10 * k + 5, "loss": 1.0, "wall_time": 10.0 * k + 5})
         rows.append({"step": 10 * k + 10, "mark": 10 * (k + 1), "wall_time": (seconds or [10.0 * (k + 1)] * 9)[k],
                      "rd_bpp": 0.4, "rd_psnr_rgb": (psnr or 28.0), "rd_ms_ssim_rgb": 0.9, "rd_loss": loss})
+    if diverged:
+        rows.append({"step": 10 * len(losses) + 5, "loss": float("nan"), "wall_time": 10.0 * len(losses) + 5,
+                     "stopped_diverged": True})
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def test_a_run_that_finished_its_steps_early_keeps_its_last_mark(tmp_path):
+    finished = race.carried_marks(_write_run(tmp_path / "done", [3.0, 2.0]), [10, 20, 30])
+    assert [(m["mark"], m["rd_loss"], m["seconds"]) for m in finished] == [(10, 3.0, 10.0), (20, 2.0, 20.0),
+                                                                            (30, 2.0, 20.0)]
+    assert finished[-1]["carried"] and not finished[1].get("carried")
+    diverged = race.carried_marks(_write_run(tmp_path / "diverged", [3.0, 2.0], diverged=True), [10, 20, 30])
+    assert [m["mark"] for m in diverged] == [10, 20]
 
 
 def test_summary_report_and_plot(tmp_path):
@@ -102,8 +131,8 @@ def test_summary_report_and_plot(tmp_path):
         "soap": [[3.0, 2.5, 1.9], [3.0, 2.6, 1.8], [3.0, 2.4, float("nan")]],
         "lstm": [[2.0, 1.5, 1.2], [2.5, 1.6, 1.3], [2.0, 1.9]],  # the last seed stopped early (diverged)
     }
-    runs = {c: {s: _write_run(tmp_path / f"{c}-s{s}", losses) for s, losses in enumerate(by_seed)}
-            for c, by_seed in curves.items()}
+    runs = {c: {s: _write_run(tmp_path / f"{c}-s{s}", losses, diverged=len(losses) < 3) for s, losses in
+                enumerate(by_seed)} for c, by_seed in curves.items()}
     tuning = {c: ({1e-3: {"train_loss": 1.0, "val_loss": 2.0, "diverged": 0},
                    3e-3: {"train_loss": math.inf, "val_loss": math.inf, "diverged": 1}}, 1e-3) for c in curves}
     summary = race.summarize(_cfg(), runs, tuning, JPEG)

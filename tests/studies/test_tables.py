@@ -48,15 +48,40 @@ def test_compare_rows_from_a_summary_json():
 def test_real_photos_section_appears_with_its_folder(tmp_path):
     assert tables.photos_section(tmp_path) == []
     photos = tmp_path / "photos"
-    photos.mkdir()
-    (photos / "metrics.jsonl").write_text(json.dumps({"step": 8000, "loss": 1.5, "wall_time": 3600.0}) + "\n")
+    run = photos / "train" / "deep"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: m\ndistortion: rmse\nlmbda: 0.013\nlr: 0.001\ninit_from: null\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 8000, "loss": 1.5, "wall_time": 3600.0, "val_bpp": 0.2,
+                                                   "val_psnr": 25.0}) + "\n")
     curve = lambda name, bpp, psnr: {"name": name, "description": "d",  # noqa: E731
                                      "results": {"bpp": bpp, "psnr-rgb": psnr, "ms-ssim-rgb": [0.9] * len(bpp),
                                                  "ms-ssim-rgb-db": [10.0 + i for i in range(len(bpp))]}}
     ours = curve("ours", [0.25, 0.5], [30.0, 33.0])  # JPEG needs twice the bits for the same PSNR: BD-rate -50 %
     ours["baselines"] = {"jpeg": curve("JPEG", [0.5, 1.0], [30.0, 33.0])}
-    (photos / "results.json").write_text(json.dumps(ours))
+    (photos / "rd_deep_rmse.json").write_text(json.dumps(ours))
+    (photos / "rd_plain_mse.json").write_text(json.dumps(curve("plain", [0.5, 1.0], [30.0, 33.0])))
     text = "\n".join(tables.photos_section(tmp_path))
-    assert "8000 steps in 60.0 min" in text
+    assert "| deep | m | rmse | 0.0130 | scratch | 8000 | 1e-3 | 60.0 | 0.200 | 25.0 |" in text
     assert "| 0.500 | — | 33.0 | 0.900 | 30.0 | 3.00 |" in text  # JPEG at 0.5 bpp: 30 dB, ours 3 dB above
     assert "-50.0 %" in text
+    assert "plain hyperprior + MSE** (the same steps, data and schedule): BD-rate -50.0 % in PSNR" in text
+
+
+def test_race_rows_come_from_its_summary(tmp_path):
+    mark = lambda rd, psnr: {"mark": 60, "rd_loss": rd, "bpp": 0.2, "psnr": psnr, "ms_ssim": 0.9,  # noqa: E731
+                             "bd_rate_vs_jpeg": None, "psnr_gain_vs_jpeg": psnr - 24.0}
+    summary = {"seconds": 60, "marks": [60], "seeds": [100, 101, 102], "lrs": [1e-3], "tune_seeds": [1000],
+               "best_hand_designed": "adam-cosine", "target_rd_loss": 5.0, "target_definition": "upper median",
+               "anchor": {"name": "jpeg"},
+               "contenders": {"adam-cosine": {"tuned_lr": 1e-3, "median_seconds_to_target": 60.0,
+                                              "seconds_ratio_vs_best": 1.0, "median_final_rd_loss": 5.0,
+                                              "per_mark": [mark(5.0, 25.0)]},
+                              "lstm": {"tuned_lr": 3e-3, "median_seconds_to_target": None,
+                                       "seconds_ratio_vs_best": None, "median_final_rd_loss": 6.0,
+                                       "per_mark": [mark(6.0, 23.5)]}}}
+    (tmp_path / "race").mkdir()
+    (tmp_path / "race" / "summary.json").write_text(json.dumps(summary))
+    text = "\n".join(tables.race_section(tmp_path))
+    assert "| adam-cosine | 1e-3 | 60.0 | 1.00 | 5.00 | 0.200 | 25.0 | 1.00 |" in text
+    assert "| lstm | 3e-3 | never | — | 6.00 | 0.200 | 23.5 | -0.500 |" in text
+    assert tables.compares_section(tmp_path)[-2].startswith("|---")  # a race is not a compare row
