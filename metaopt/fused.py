@@ -82,7 +82,7 @@ class FusedStep:
         stats = self._statistics(g, state["m"], state["v"], one_minus, c1, c2, params, progress)
         h_top, h, c = self.net.cell(stats.T, state["h"], state["c"])  # T columns: tiny
         state["h"], state["c"] = h, c
-        offset = self.net.tensor_out_w.T @ h_top  # [2, T]
+        offset = self.net.tensor_out_w.T @ h_top  # [outputs, T]
         state["t"] = t
         return self._tensor_update(g, state["m"], state["v"], c1, c2, offset, self.tensor_of, lr, params, progress)
 
@@ -110,15 +110,15 @@ class FusedStep:
 
     def _coordinate_loop(self, g, m, v, h, c, one_minus, c1, c2, lr, params, progress):
         net = self.net
-        inp, adam_dir = self._moments_and_features(g, m, v, one_minus, c1, c2, params, progress)
+        inp, directions = self._moments_and_features(g, m, v, one_minus, c1, c2, params, progress)
         if not self.cfg.odd:
-            raw_step, raw_direct = self._lstm_rows(inp, h, c)
+            raw = self._lstm_rows(inp, h, c)
         else:  # the sign-flipped history too, in the second half of the state columns (LSTMOptimizerNet.step)
             P = g.shape[0]
             seen = self._lstm_rows(inp, h[:, :P], c[:, :P])
             mirrored = self._lstm_rows(net.feature_rows(-g, -m, v, c1, c2, params, progress)[0], h[:, P:], c[:, P:])
-            raw_step, raw_direct = net.fold_mirrored(torch.stack(seen), torch.stack(mirrored))
-        return -lr * net.head(raw_step, raw_direct, adam_dir)
+            raw = net.fold_mirrored(torch.stack(seen), torch.stack(mirrored))
+        return -lr * net.head(raw, directions)
 
     def _statistics_loop(self, g, m, v, one_minus, c1, c2, params, progress):
         """Moments in place, and each tensor's mean and mean square of every feature: [T, 2F]."""
@@ -134,8 +134,8 @@ class FusedStep:
         net = self.net
         # The features again, from the updated moments: recomputing them in registers is cheaper than writing
         # [F, P] to memory in the statistics loop and reading it back here.
-        rows, adam_dir = net.feature_rows(g, m, v, c1, c2, params, progress)
+        rows, directions = net.feature_rows(g, m, v, c1, c2, params, progress)
         hidden = [torch.relu(x) for x in linear_rows(rows, net.mlp_w, net.mlp_b)]
         raw = linear_rows(hidden, net.out_w, net.out_b)
-        raw_step, raw_direct = (y + offset[k][tensor_of] for k, y in enumerate(raw))
-        return -lr * net.head(raw_step, raw_direct, adam_dir)
+        raw = [y + offset[k][tensor_of] for k, y in enumerate(raw)]
+        return -lr * net.head(raw, directions)

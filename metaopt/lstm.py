@@ -28,7 +28,7 @@ LSTM that beats tuned Adam inside its horizon and explodes far beyond it, docs/a
   Optional: ``progress``, the fraction of the planned training done, t/T clamped to [0, 1] (VeLO's
   training-progress input, Metz et al. 2022): a schedule can be learned, and the input spans the same [0, 1]
   for a 100-step meta-training task and a 10 000-step run. It needs T: `step(..., horizon=T)`.
-* Two output parameterisations:
+* Three output parameterisations:
   ``adam_correction`` (Harrison et al. 2022): a nominal Adam step times a bounded learned
   per-coordinate step-size factor, plus a bounded learned direct term,
       update = -lr * (m_hat/(sqrt(v_hat)+eps) * exp(alpha*tanh(s)) + beta*tanh(d)).
@@ -37,7 +37,12 @@ LSTM that beats tuned Adam inside its horizon and explodes far beyond it, docs/a
   ``direct`` (Andrychowicz 2016): update = -lr * out. Free to be much faster than Adam, and alone it showed the
   failure mode above, postponed rather than removed by the stationary inputs; made ``odd`` (below) it did not,
   which is why direct and odd are LSTMConfig's defaults and the shipped lopt.pt (docs/ablation.md).
-* ``odd`` (either output): the network also runs on the sign-flipped gradient history (-g, -m: exactly the odd
+  ``directions``: update = -lr * sum_k (w_k + [k is Adam's m]) * d_k over the directions d = (g, m_b for every b)
+  divided by sqrt(v_hat), with per-coordinate weights w from a network that reads only sign-free features
+  (EVEN_FEATURES: log|g|, |g|/sqrt(v), |m_b|/sqrt(v), sign(g) m_b/sqrt(v), the parameter scale, the progress).
+  Flipping the gradient history leaves the weights unchanged and negates every direction, so u(-g) = -u(g) with
+  one network pass and one LSTM state (``odd`` below needs two); with the output layer at zero it is Adam.
+* ``odd`` (outputs ``direct`` and ``adam_correction``): the network also runs on the sign-flipped gradient history (-g, -m: exactly the odd
   features negated), with its own LSTM state; of the direct output only the part that flips with the gradient
   is kept, of the step-size output the part that does not (it multiplies the odd Adam direction):
   u(-g) = -u(g). Why: without it, meta-training found a constant drift (every coordinate of a tensor moved the
@@ -52,9 +57,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-FEATURES = ("grad_logsign", "adam_grad", "momenta", "param_scale", "progress")
+FEATURES = ("grad_logsign", "adam_grad", "momenta", "param_scale", "progress", "grad_logmag", "adam_grad_abs",
+            "momenta_abs", "momenta_agree")
 DEFAULT_FEATURES = FEATURES[:3]
-OUTPUTS = ("adam_correction", "direct")
+# Features that do not change when the gradient history flips sign (g, m -> -g, -m): the only ones the
+# "directions" output may read, since its update is odd only if its weights are even.
+EVEN_FEATURES = ("param_scale", "progress", "grad_logmag", "adam_grad_abs", "momenta_abs", "momenta_agree")
+OUTPUTS = ("adam_correction", "direct", "directions")
 ARCHS = ("coordinate", "tensor")
 
 
@@ -84,6 +93,13 @@ class LSTMConfig:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.output == "directions":
+            if self.odd:
+                raise ValueError('output "directions" is odd by construction: odd must be false')
+            flipping = [f for f in self.features if f not in EVEN_FEATURES]
+            if flipping:
+                raise ValueError(f'output "directions" reads only sign-free features {EVEN_FEATURES}; '
+                                 f"{flipping} flip with the gradient")
         if self.adam_beta1 not in self.momentum_betas:
             raise ValueError(f"adam_beta1={self.adam_beta1} must be one of momentum_betas={self.momentum_betas}")
         if self.hidden < 1 or self.layers < 1 or self.mlp_hidden < 1:
@@ -91,9 +107,15 @@ class LSTMConfig:
 
     @property
     def num_features(self) -> int:
-        sizes = {"grad_logsign": 2, "adam_grad": 1, "momenta": len(self.momentum_betas), "param_scale": 1,
-                 "progress": 1}
+        B = len(self.momentum_betas)
+        sizes = {"grad_logsign": 2, "adam_grad": 1, "momenta": B, "param_scale": 1, "progress": 1, "grad_logmag": 1,
+                 "adam_grad_abs": 1, "momenta_abs": B, "momenta_agree": B}
         return sum(sizes[f] for f in self.features)
+
+    @property
+    def num_outputs(self) -> int:
+        """Raw outputs per coordinate: (step size, direct term), or one weight per direction (g and each m_b)."""
+        return 1 + len(self.momentum_betas) if self.output == "directions" else 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,25 +232,33 @@ class LSTMOptimizerNet(nn.Module):
             self.b.append(nn.Parameter(bias))
         # The output layer reads the LSTM's h (coordinate) or the MLP's hidden layer (tensor). Small, so the
         # optimizer starts as (almost) Adam, yet every weight gets a gradient.
-        self.out_w = nn.Parameter(torch.randn(H if cfg.arch == "coordinate" else K, 2) * cfg.out_init_std)
-        self.out_b = nn.Parameter(torch.zeros(2))
+        O = cfg.num_outputs
+        self.out_w = nn.Parameter(torch.randn(H if cfg.arch == "coordinate" else K, O) * cfg.out_init_std)
+        self.out_b = nn.Parameter(torch.zeros(O))
         if cfg.arch == "tensor":
             self.mlp_w = nn.Parameter(torch.empty(F, K).uniform_(-1 / math.sqrt(F), 1 / math.sqrt(F)))
             self.mlp_b = nn.Parameter(torch.zeros(K))
-            self.tensor_out_w = nn.Parameter(torch.randn(H, 2) * cfg.out_init_std)
+            self.tensor_out_w = nn.Parameter(torch.randn(H, O) * cfg.out_init_std)
+        # "directions": the weight of Adam's direction m_1/sqrt(v) is 1 + its raw output, so the optimizer starts
+        # as Adam (the other weights start near 0), as adam_correction does.
+        self.register_buffer("direction_base", torch.zeros(O), persistent=False)
+        if cfg.output == "directions":
+            self.direction_base[1 + cfg.momentum_betas.index(cfg.adam_beta1)] = 1.0
 
     # -- features ---------------------------------------------------------------------------------
     def feature_rows(self, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor,
                      p: torch.Tensor | None = None, progress: torch.Tensor | None = None
-                     ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(F feature rows [n], Adam direction m_hat/(sqrt(v_hat)+eps) [n]) from the *updated* moments m [B, n],
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(F feature rows [n], the directions the head combines: rows [n]) from the *updated* moments m [B, n],
         v [n], the `bias_corrections` c1, c2, (feature "param_scale" only) the parameter values p [n] and
         (feature "progress" only) the `training_progress`, which the sign-flipped history shares. Rows,
         not one [n, F] tensor: elementwise ops on strided columns are several times slower on CPU, and
-        the compiled step (metaopt.fused) fuses rows into one loop."""
+        the compiled step (metaopt.fused) fuses rows into one loop. The directions: Adam's m_hat/(sqrt(v_hat)+eps)
+        alone, or for output "directions" g and every m_hat_b over sqrt(v_hat), clamped like the features."""
         cfg = self.cfg
         m_hat = m / c1
         denom = (v / c2).sqrt() + cfg.eps
+        normalised = (m_hat / denom).clamp(-10, 10)  # [B, n]
         rows = []
         for name in cfg.features:
             if name == "grad_logsign":
@@ -239,9 +269,19 @@ class LSTMOptimizerNet(nn.Module):
                 rows.append(p.abs().clamp_min(math.exp(-cfg.preprocess_p)).log() / cfg.preprocess_p)
             elif name == "progress":
                 rows.append(progress.expand_as(g))
+            elif name == "grad_logmag":
+                rows.append(preprocess_grad(g, cfg.preprocess_p)[0])
+            elif name == "adam_grad_abs":
+                rows.append((g.abs() / denom).clamp_max(10))
+            elif name == "momenta_abs":
+                rows.extend(normalised.abs().unbind())
+            elif name == "momenta_agree":  # does each momentum point the way the gradient does: sign(g) m_b
+                rows.extend((normalised * torch.sign(g)).unbind())
             else:  # momenta
-                rows.extend((m_hat / denom).clamp(-10, 10).unbind())
-        return rows, m_hat[cfg.momentum_betas.index(cfg.adam_beta1)] / denom
+                rows.extend(normalised.unbind())
+        if cfg.output == "directions":
+            return rows, [(g / denom).clamp(-10, 10), *normalised.unbind()]
+        return rows, [m_hat[cfg.momentum_betas.index(cfg.adam_beta1)] / denom]
 
     # -- the fused cell ------------------------------------------------------------------------------
     def cell(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor
@@ -261,15 +301,23 @@ class LSTMOptimizerNet(nn.Module):
             cs.append(c_l)
         return inp, torch.cat(hs), torch.cat(cs)
 
-    def head(self, raw_step: torch.Tensor, raw_direct: torch.Tensor, adam_dir: torch.Tensor) -> torch.Tensor:
-        """Raw outputs (two rows [n]) -> update direction in units of lr [n] (see the module docstring)."""
-        if self.cfg.output == "direct":
-            return raw_step
-        return adam_dir * torch.exp(self.cfg.alpha * torch.tanh(raw_step)) + self.cfg.beta * torch.tanh(raw_direct)
+    def head(self, raw: torch.Tensor | list[torch.Tensor], directions: list[torch.Tensor]) -> torch.Tensor:
+        """Raw outputs (`num_outputs` rows [n]) and `feature_rows`' directions -> update direction in units of lr
+        [n] (see the module docstring)."""
+        output = self.cfg.output
+        if output == "direct":
+            return raw[0]
+        if output == "adam_correction":
+            return (directions[0] * torch.exp(self.cfg.alpha * torch.tanh(raw[0]))
+                    + self.cfg.beta * torch.tanh(raw[1]))
+        update = (raw[0] + self.direction_base[0]) * directions[0]
+        for k in range(1, len(directions)):
+            update = update + (raw[k] + self.direction_base[k]) * directions[k]
+        return update
 
     def penalty(self, out: torch.Tensor) -> torch.Tensor:
-        """Sum of squares of what the correction penalty sees: the bounded outputs, or a direct output."""
-        return (out if self.cfg.output == "direct" else torch.tanh(out)).pow(2).sum()
+        """Sum of squares of what the correction penalty sees: the bounded outputs, or the raw unbounded ones."""
+        return (torch.tanh(out) if self.cfg.output == "adam_correction" else out).pow(2).sum()
 
     def fold_mirrored(self, seen: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
         """`odd`: raw outputs [2, n] on the gradient history as seen and sign-flipped -> outputs that make the update
@@ -315,7 +363,7 @@ class LSTMOptimizerNet(nn.Module):
             # Per-tensor statistics need every coordinate's features first ([F, P], small next to a coordinate
             # LSTM's state); the tensor LSTM then steps once over the T tensors (2T if odd).
             feats = [self.feature_rows(*flip(sign, g, m), v, c1, c2, params, progress) for sign in signs]
-            xs, adam_dir = [torch.stack(rows) for rows, _ in feats], feats[0][1]
+            xs, directions = [torch.stack(rows) for rows, _ in feats], feats[0][1]
             stats = torch.cat([tensor_statistics(x, state["sizes"]) for x in xs])
             h_top, new["h"], new["c"] = self.cell(stats.T, state["h"], state["c"])
             repeats = torch.tensor(state["sizes"], device=g.device)
@@ -325,21 +373,21 @@ class LSTMOptimizerNet(nn.Module):
         dirs, hs, cs, sq = [], [[] for _ in signs], [[] for _ in signs], g.new_zeros(())
         for start in range(0, P, n):
             cols = slice(start, start + n)
-            outs, cols_dir = [], adam_dir[cols] if cfg.arch == "tensor" else None
+            outs, cols_dirs = [], [d[cols] for d in directions] if cfg.arch == "tensor" else None
             for k, sign in enumerate(signs):
                 if cfg.arch == "tensor":
                     outs.append(self.coordinate_outputs(xs[k][:, cols], offsets[k][:, cols]))
                 else:
                     rows, d = self.feature_rows(*flip(sign, g[cols], m[:, cols]), v[cols], c1, c2,
                                                 None if params is None else params[cols], progress)
-                    cols_dir = d if cols_dir is None else cols_dir  # the Adam direction of the history as seen
+                    cols_dirs = d if cols_dirs is None else cols_dirs  # the directions of the history as seen
                     mine = slice(k * P + start, k * P + min(start + n, P))
                     h_top, h, c = self.cell(torch.stack(rows), state["h"][:, mine], state["c"][:, mine])
                     outs.append(torch.addmm(self.out_b[:, None], self.out_w.T, h_top))
                     hs[k].append(h)
                     cs[k].append(c)
             out = self.fold_mirrored(*outs) if cfg.odd else outs[0]
-            dirs.append(self.head(out[0], out[1], cols_dir))
+            dirs.append(self.head(out, cols_dirs))
             if penalty:
                 sq = sq + self.penalty(out)
         cat = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts, -1)  # noqa: E731

@@ -49,6 +49,25 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, image_folder, monkeypa
     assert state(part) == state(full)  # plateau: its count of validations and of bad ones
 
 
+def test_init_from_starts_from_a_trained_codecs_weights(tmp_path, image_folder, capsys):
+    trained = run(tmp_path, image_folder, "trained", "--steps", "4")
+    # SGD at a negligible step: the network weights stay those of the trained codec (the quantiles train on
+    # their own Adam)
+    tuned = run(tmp_path, image_folder, "tuned", "--steps", "1", "--lmbda", "0.05", "--optimizer", "sgd",
+                "--lr", "1e-12", "--init-from", str(trained / "checkpoint.pt"))
+    weights = lambda run_dir: {k: v for k, v in torch.load(run_dir / "checkpoint.pt", weights_only=False)[  # noqa: E731
+        "model"].items() if "quantiles" not in k}
+    before, after = weights(trained), weights(tuned)
+    assert before.keys() == after.keys() and all(torch.allclose(before[k], after[k], atol=1e-9) for k in before)
+    resolved = yaml.safe_load((tuned / "config.yaml").read_text())["resolved"]
+    assert len(resolved["init_from_sha256"]) == 64
+    with pytest.raises(SystemExit) as e:  # another size: one line, before the run directory exists
+        run(tmp_path, image_folder, "other", "--steps", "1", "--N", "16", "--init-from", str(trained / "best.pt"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "this run trains" in err[0]
+    assert not (tmp_path / "other").exists()
+
+
 def test_plateau_is_stepped_with_each_validation_loss(tmp_path, image_folder):
     # (its reduction after 10 validations without improvement: tests/metaopt/test_optimizers.py)
     run_dir = run(tmp_path, image_folder, "a", "--steps", "6", "--val-every", "2", "--lr-schedule", "plateau")

@@ -50,7 +50,7 @@ def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: lis
         for k, sign in enumerate((1, -1) if cfg.odd else (1,)):  # odd: the sign-flipped history too
             rows, d = net.feature_rows(sign * g, sign * m, v, *bias_corrections(cfg, t, g), p,
                                        training_progress(cfg, t, horizon, g))
-            adam_dir = d if k == 0 else adam_dir
+            directions = d if k == 0 else directions
             x = torch.stack(rows, 1)  # [n, F]
             # The LSTM reads each coordinate's features, or this one tensor's feature means and mean squares.
             inp = x if coordinate else torch.cat([x.mean(0), (x * x).mean(0)])[None]
@@ -72,7 +72,12 @@ def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: lis
             out = odd if cfg.output == "direct" else torch.stack([(seen + mirrored)[:, 0] / 2, odd[:, 1]], 1)
         else:
             out = outs[0]
-        updates.append(-lr * net.head(out[:, 0], out[:, 1], adam_dir))
+        if cfg.output == "directions":  # written out: sum_k (raw_k + [k is Adam's momentum]) * direction_k
+            adam_k = 1 + cfg.momentum_betas.index(cfg.adam_beta1)
+            weights = out + torch.eye(out.shape[1], dtype=out.dtype)[adam_k]
+            updates.append(-lr * (weights * torch.stack(directions, 1)).sum(1))
+        else:
+            updates.append(-lr * net.head(out.T, directions))
         # state rows: layer by layer; columns: the history as seen, then the mirrored one
         stack = lambda parts: torch.cat([torch.cat([z for l_, k_, z in parts if l_ == layer], 1)  # noqa: E731
                                          for layer in range(cfg.layers)])

@@ -18,7 +18,8 @@ ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale", "progress
 @pytest.mark.parametrize("arch,layers,output,features,odd", [
     ("coordinate", 1, "adam_correction", ALL_FEATURES, False), ("coordinate", 1, "adam_correction", None, True),
     ("coordinate", 2, "direct", None, True), ("coordinate", 1, "direct", ALL_FEATURES, True),
-    ("tensor", 1, "adam_correction", ALL_FEATURES, False), ("tensor", 2, "direct", None, False)])
+    ("tensor", 1, "adam_correction", ALL_FEATURES, False), ("tensor", 2, "direct", None, False),
+    ("coordinate", 1, "directions", ["grad_logmag", "adam_grad_abs", "momenta_abs", "momenta_agree"], False)])
 def test_fused_step_equals_eager_step(arch, layers, output, features, odd):
     sizes = [12, 5, 40, 1]
     for seed in (0, 1):  # a second network reuses the compiled loops: its weights must not be baked in

@@ -20,6 +20,7 @@ def test_preprocess_matches_andrychowicz():
 
 
 ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale", "progress"]
+EVEN = ["grad_logmag", "adam_grad_abs", "momenta_abs", "momenta_agree", "param_scale", "progress"]
 HORIZON = 3  # "progress" reaches its clamp (t/T = 1) within the tests' 4 steps
 
 
@@ -30,7 +31,8 @@ HORIZON = 3  # "progress" reaches its clamp (t/T = 1) within the tests' 4 steps
     ("coordinate", 1, "direct", 7, ALL_FEATURES, True),
     ("tensor", 1, "adam_correction", None, None, False), ("tensor", 2, "adam_correction", 7, None, False),
     ("tensor", 1, "direct", 5, None, False), ("tensor", 1, "adam_correction", None, ALL_FEATURES, False),
-    ("tensor", 2, "adam_correction", 7, None, True), ("tensor", 1, "direct", 5, None, True)])
+    ("tensor", 2, "adam_correction", 7, None, True), ("tensor", 1, "direct", 5, None, True),
+    ("coordinate", 2, "directions", 7, EVEN, False), ("tensor", 1, "directions", 5, EVEN, False)])
 def test_fast_path_equals_reference(arch, layers, output, chunk, features, odd):
     """The flat, fused, chunked step == one tensor at a time through torch.nn modules, to rtol 1e-10 in float64."""
     torch.manual_seed(0)
@@ -86,6 +88,10 @@ def test_bad_config_rejected():
         LSTMConfig(output="sgd")
     with pytest.raises(ValueError):
         LSTMConfig(arch="layer")
+    with pytest.raises(ValueError, match="flip with the gradient"):
+        LSTMConfig(output="directions", odd=False)  # the default features include the sign of g
+    with pytest.raises(ValueError, match="odd by construction"):
+        LSTMConfig(output="directions", features=EVEN, odd=True)
 
 
 @pytest.mark.parametrize("arch", ["coordinate", "tensor"])
@@ -136,3 +142,35 @@ def test_odd_update_flips_with_the_gradient_history(arch, output):
                 u_neg, mirrored, _ = net.step(-g, mirrored, 1e-2)
             gaps.append((u + u_neg).abs().max().item())
         assert (max(gaps) < 1e-15) == odd, (odd, gaps)
+
+
+@pytest.mark.parametrize("arch", ["coordinate", "tensor"])
+def test_directions_output_is_odd_in_one_pass_and_starts_as_adam(arch):
+    """output "directions": even weights (sign-free features) times odd directions, so u(-g) = -u(g) with one
+    network pass and half odd's LSTM state; with a zero output layer it is Adam's step exactly."""
+    torch.manual_seed(0)
+    grads = [torch.randn(30, dtype=torch.float64) for _ in range(5)]
+    cfg = LSTMConfig(arch=arch, hidden=4, output="directions", features=EVEN[:4], odd=False, out_init_std=0.5)
+    net = LSTMOptimizerNet(cfg).double()
+    with torch.no_grad():
+        net.out_b.fill_(0.3)  # a constant output cannot drift here: it weighs directions that flip with g
+    seen, mirrored = init_state(cfg, [30], dtype=torch.float64), init_state(cfg, [30], dtype=torch.float64)
+    assert seen["h"].shape[1] == (30 if arch == "coordinate" else 1)  # one history, not two
+    for g in grads:
+        with torch.no_grad():
+            u, seen, _ = net.step(g, seen, 1e-2, params=g, horizon=10)
+            u_neg, mirrored, _ = net.step(-g, mirrored, 1e-2, params=g, horizon=10)
+        assert (u + u_neg).abs().max().item() < 1e-15 and u.abs().max() > 0
+
+    adam_like = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=4, output="directions", features=EVEN[:4],
+                                            odd=False, out_init_std=0.0)).double()
+    params = torch.zeros(30, dtype=torch.float64, requires_grad=True)
+    adam = torch.optim.Adam([params], lr=1e-2, eps=1e-8)
+    state = init_state(adam_like.cfg, [30], dtype=torch.float64)
+    for g in grads:
+        with torch.no_grad():
+            u, state, _ = adam_like.step(g, state, 1e-2)
+        before = params.detach().clone()
+        params.grad = g.clone()
+        adam.step()
+        torch.testing.assert_close(u, params.detach() - before, rtol=1e-10, atol=1e-14)
