@@ -12,11 +12,12 @@ continues from the last checkpoint. Started without torchrun, a process is a wor
 
 Throughput at several numbers of processes, one thread each (each size in its own torchrun job; prints JSON):
 
-    python -m metaopt.distributed --world-sizes 1,2 [meta-training flags, e.g. --task regression]
+    python -m metaopt.distributed --world-sizes 1,2 [--independent] [meta-training flags, e.g. --task regression]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -113,27 +114,55 @@ BENCH_FLAGS = ["--meta-steps", "30", "--log-every", "1", "--val-every", "1000000
                "--val-steps", "2", "--checkpoint-every", "1000000000"]
 
 
-def benchmark(world_sizes: list[int], meta_train_flags: list[str], out_dir: str | Path) -> dict:
-    """Meta-train at each world size (torchrun, one thread per process) and measure the meta-steps per second
-    between the first and the last logged meta-step (start-up excluded). A meta-step averages one truncation per
-    task stream, so truncations per second = meta-steps per second x world size x tasks_per_step."""
+def _throughput(run_dir: Path) -> dict:
+    """Meta-steps and truncations per second between the first and the last logged meta-step of a run (start-up
+    excluded). A meta-step averages one truncation per task stream of each process."""
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "meta_loss" in r]
+    if len(rows) < 2:
+        raise UserError("too few meta-steps to time: give --meta-steps 2 or more")
+    steps_per_s = (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["wall_time"] - rows[0]["wall_time"])
+    streams = int(read_yaml(run_dir / "config.yaml")["world_size"]) * _tasks_per_step(run_dir)
+    return {"meta_steps_per_s": steps_per_s, "truncations_per_s": steps_per_s * streams}
+
+
+def _launch(cmds: list[list[str]], what: str) -> None:
+    """Run the commands at once (one thread each); the first failure is one UserError line. Their stderr goes to
+    temporary files: a pipe left unread while waiting for another process could fill up and stall its writer."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context(tempfile.TemporaryFile("w+")) for _ in cmds]
+        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log) for cmd, log in zip(cmds, logs)]
+        for proc, log in zip(procs, logs):
+            if proc.wait() != 0:
+                log.seek(0)
+                lines = log.read().strip().splitlines() or [f"exit status {proc.returncode}"]
+                reason = next((line for line in reversed(lines) if "error:" in line), lines[-1])
+                for other in procs:
+                    other.kill()
+                raise UserError(f"meta-training {what} failed: {reason}")
+
+
+def benchmark(world_sizes: list[int], meta_train_flags: list[str], out_dir: str | Path,
+              independent: bool = False) -> dict:
+    """Meta-train at each world size (torchrun, one thread per process) and measure the truncations per second.
+    `independent`: at each size K > 1 also K separate one-process jobs at once, with no collective: what the
+    machine itself gives K processes (shared caches and memory bandwidth), the ceiling for the distributed job."""
     results = {}
     for size in world_sizes:
         run_dir = Path(out_dir) / f"world{size}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(size),
-               "-m", "metaopt.meta_train", *BENCH_FLAGS, *meta_train_flags, "--threads", "1", "--run-dir", str(run_dir)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}
-        done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-            reason = next((line for line in reversed(lines) if "error:" in line), lines[-1])
-            raise UserError(f"meta-training at world size {size} failed: {reason}")
-        rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "meta_loss" in r]
-        if len(rows) < 2:
-            raise UserError("too few meta-steps to time: give --meta-steps 2 or more")
-        steps_per_s = (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["wall_time"] - rows[0]["wall_time"])
-        streams = size * _tasks_per_step(run_dir)
-        results[size] = {"meta_steps_per_s": steps_per_s, "truncations_per_s": steps_per_s * streams}
+        _launch([[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(size),
+                  "-m", "metaopt.meta_train", *BENCH_FLAGS, *meta_train_flags, "--threads", "1",
+                  "--run-dir", str(run_dir)]], f"at world size {size}")
+        results[size] = _throughput(run_dir)
+        if independent and size > 1:
+            alone = [Path(out_dir) / f"independent{size}-{rank}" for rank in range(size)]
+            _launch([[sys.executable, "-m", "metaopt.meta_train", *BENCH_FLAGS, *meta_train_flags, "--threads", "1",
+                      "--seed", str(rank), "--run-dir", str(path)] for rank, path in enumerate(alone)],
+                    f"as {size} independent processes")
+            results[size]["independent_truncations_per_s"] = sum(_throughput(path)["truncations_per_s"]
+                                                                  for path in alone)
+            results[size]["vs_independent"] = (results[size]["truncations_per_s"]
+                                               / results[size]["independent_truncations_per_s"])
     base = results[world_sizes[0]]["truncations_per_s"]
     return {"world_sizes": results, "threads_per_process": 1,
             "truncation_throughput_vs_first": {size: r["truncations_per_s"] / base for size, r in results.items()}}
@@ -150,6 +179,8 @@ def main(argv=None):
                                                  "Other flags go to metaopt.meta_train.")
     parser.add_argument("--world-sizes", default="1,2", help="comma-separated numbers of processes")
     parser.add_argument("--out-dir", default=None, help="where the runs go (default: a temporary folder)")
+    parser.add_argument("--independent", action="store_true",
+                        help="also time K independent one-process jobs at once at each K > 1 (the machine's ceiling)")
     args, meta_train_flags = parser.parse_known_args(argv)
     try:
         sizes = [int(s) for s in args.world_sizes.split(",") if s.strip()]
@@ -158,7 +189,7 @@ def main(argv=None):
     if not sizes or min(sizes) < 1:
         raise UserError(f"--world-sizes must be positive integers, got {args.world_sizes!r}")
     with tempfile.TemporaryDirectory() as tmp:
-        report = benchmark(sizes, meta_train_flags, args.out_dir or tmp)
+        report = benchmark(sizes, meta_train_flags, args.out_dir or tmp, args.independent)
     print(json.dumps(report, indent=2))
     return report
 

@@ -54,8 +54,8 @@ def launched(tmp_path_factory):
     --meta-steps 6 ...` at K = 1 and 2 (one launch each: starting processes is most of this file's time), and the
     same training in this process without torchrun: one task per step, and two."""
     root = tmp_path_factory.mktemp("dist")
-    report = benchmark(["--world-sizes", "1,2", "--out-dir", str(root), *ARGS, "--task", "regression",
-                        "--meta-steps", "6"])
+    report = benchmark(["--world-sizes", "1,2", "--out-dir", str(root), "--independent", *ARGS, "--task",
+                        "regression", "--meta-steps", "6"])
     for tasks_per_step in (1, 2):
         main(ARGS + ["--meta-steps", "6", "--tasks-per-step", str(tasks_per_step),
                      "--run-dir", str(root / f"plain{tasks_per_step}")])
@@ -84,6 +84,8 @@ def test_benchmark_reports_throughput_at_each_world_size(launched):
     assert all(r["meta_steps_per_s"] > 0 for r in report["world_sizes"].values())
     for size, r in report["world_sizes"].items():
         assert r["truncations_per_s"] == pytest.approx(r["meta_steps_per_s"] * size)
+    two = report["world_sizes"][2]  # against 2 independent one-process jobs run at the same time
+    assert two["vs_independent"] == pytest.approx(two["truncations_per_s"] / two["independent_truncations_per_s"])
 
 
 def test_resume_at_another_world_size_is_refused_in_one_line(launched, tmp_path, capsys):
