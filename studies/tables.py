@@ -199,9 +199,9 @@ def photos_section(results: Path) -> list[str]:
         out += rd_lines(curve)
     if {"deep_rmse", "plain_mse"} <= set(curves):
         deep, plain = curves["deep_rmse"], curves["plain_mse"]
-        out += [f"**Deepened + RMSE against plain hyperprior + MSE** (the same steps, data and schedule): BD-rate "
-                f"{_bd_rate_text(plain, deep, 'psnr-rgb')} in PSNR, {_bd_rate_text(plain, deep, 'ms-ssim-rgb-db')} "
-                "in MS-SSIM (negative: the deepened RMSE codec needs fewer bits).", ""]
+        out += [f"**Deepened + RMSE against plain hyperprior + MSE** (the same steps, data and schedule; negative: "
+                f"the deepened RMSE codec needs fewer bits): BD-rate in PSNR {_bd_rate_text(plain, deep, 'psnr-rgb')}; "
+                f"in MS-SSIM {_bd_rate_text(plain, deep, 'ms-ssim-rgb-db')}.", ""]
     for image, caption in (("rd.png", "RD, real photos"), ("grid.png", "original / ours / JPEG / WebP")):
         if (folder / image).is_file():
             out += [f"![{caption}](results/photos/{image})", ""]

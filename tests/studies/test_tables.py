@@ -64,7 +64,7 @@ def test_real_photos_section_appears_with_its_folder(tmp_path):
     assert "| deep | m | rmse | 0.0130 | scratch | 8000 | 1e-3 | 60.0 | 0.200 | 25.0 |" in text
     assert "| 0.500 | — | 33.0 | 0.900 | 30.0 | 3.00 |" in text  # JPEG at 0.5 bpp: 30 dB, ours 3 dB above
     assert "-50.0 %" in text
-    assert "plain hyperprior + MSE** (the same steps, data and schedule): BD-rate -50.0 % in PSNR" in text
+    assert "the deepened RMSE codec needs fewer bits): BD-rate in PSNR -50.0 %;" in text
 
 
 def test_race_rows_come_from_its_summary(tmp_path):
