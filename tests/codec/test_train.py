@@ -3,6 +3,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 import codec.train
 from codec.train import main
@@ -61,6 +62,7 @@ def test_init_from_starts_from_a_trained_codecs_weights(tmp_path, image_folder, 
     assert before.keys() == after.keys() and all(torch.allclose(before[k], after[k], atol=1e-9) for k in before)
     resolved = yaml.safe_load((tuned / "config.yaml").read_text())["resolved"]
     assert len(resolved["init_from_sha256"]) == 64
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:  # another size: one line, before the run directory exists
         run(tmp_path, image_folder, "other", "--steps", "1", "--N", "16", "--init-from", str(trained / "best.pt"))
     err = capsys.readouterr().err.strip().splitlines()
@@ -165,7 +167,6 @@ def test_a_bad_image_is_named_before_the_run_directory_exists(tmp_path, image_fo
 def test_run_records_what_its_nulls_resolved_to_and_logs_best_pt(tmp_path, image_folder, monkeypatch, optimizer):
     import hashlib
 
-    import yaml
 
     from metaopt.config import parse_config
     from metaopt.optim import PRETRAINED, load_lopt
