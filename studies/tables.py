@@ -199,9 +199,13 @@ def photos_section(results: Path) -> list[str]:
         out += rd_lines(curve)
     if {"deep_rmse", "plain_mse"} <= set(curves):
         deep, plain = curves["deep_rmse"], curves["plain_mse"]
-        out += [f"**Deepened + RMSE against plain hyperprior + MSE** (the same steps, data and schedule; negative: "
+        gaps = [(bpp, psnr - at) for bpp, psnr in zip(deep["results"]["bpp"], deep["results"]["psnr-rgb"])
+                if (at := psnr_at_rate(plain, bpp)) is not None]
+        out += [f"**Deepened + RMSE against plain hyperprior + MSE** (the same recipe and data; negative BD-rate: "
                 f"the deepened RMSE codec needs fewer bits): BD-rate in PSNR {_bd_rate_text(plain, deep, 'psnr-rgb')}; "
-                f"in MS-SSIM {_bd_rate_text(plain, deep, 'ms-ssim-rgb-db')}.", ""]
+                f"in MS-SSIM {_bd_rate_text(plain, deep, 'ms-ssim-rgb-db')}; PSNR difference at equal rate "
+                f"(the plain curve interpolated in log rate): "
+                + (", ".join(f"{_fmt(d)} dB at {_fmt(b)} bpp" for b, d in gaps) or "none in its range") + ".", ""]
     for image, caption in (("rd.png", "RD, real photos"), ("grid.png", "original / ours / JPEG / WebP")):
         if (folder / image).is_file():
             out += [f"![{caption}](results/photos/{image})", ""]

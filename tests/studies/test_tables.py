@@ -65,6 +65,7 @@ def test_real_photos_section_appears_with_its_folder(tmp_path):
     assert "| 0.500 | — | 33.0 | 0.900 | 30.0 | 3.00 |" in text  # JPEG at 0.5 bpp: 30 dB, ours 3 dB above
     assert "-50.0 %" in text
     assert "the deepened RMSE codec needs fewer bits): BD-rate in PSNR -50.0 %;" in text
+    assert "PSNR difference at equal rate (the plain curve interpolated in log rate): 3.00 dB at 0.500 bpp." in text
 
 
 def test_race_rows_come_from_its_summary(tmp_path):
