@@ -42,12 +42,12 @@ LSTM that beats tuned Adam inside its horizon and explodes far beyond it, docs/a
   (EVEN_FEATURES: log|g|, |g|/sqrt(v), |m_b|/sqrt(v), sign(g) m_b/sqrt(v), the parameter scale, the progress).
   Flipping the gradient history leaves the weights unchanged and negates every direction, so u(-g) = -u(g) with
   one network pass and one LSTM state (``odd`` below needs two); with the output layer at zero it is Adam.
-* ``odd`` (outputs ``direct`` and ``adam_correction``): the network also runs on the sign-flipped gradient history (-g, -m: exactly the odd
-  features negated), with its own LSTM state; of the direct output only the part that flips with the gradient
-  is kept, of the step-size output the part that does not (it multiplies the odd Adam direction):
-  u(-g) = -u(g). Why: without it, meta-training found a constant drift (every coordinate of a tensor moved the
-  same way, whatever its gradient) that pays within the horizon and grows linearly with the steps (docs/ablation.md
-  (7), experiments/drift.py). Costs a second LSTM pass.
+* ``odd`` (outputs ``direct`` and ``adam_correction``): the network also runs on the sign-flipped gradient history
+  (-g, -m: exactly the odd features negated), with its own LSTM state; of the direct output only the part that flips
+  with the gradient is kept, of the step-size output the part that does not (it multiplies the odd Adam direction):
+  u(-g) = -u(g). Why: without it, meta-training found a constant drift (every coordinate of a tensor moved the same
+  way, whatever its gradient) that pays within the horizon and grows linearly with the steps (docs/ablation.md (7),
+  experiments/drift.py). Costs a second LSTM pass.
 """
 from __future__ import annotations
 

@@ -229,7 +229,8 @@ def race_section(results: Path) -> list[str]:
         rows = []
         for name, e in summary["contenders"].items():
             final = e["per_mark"][last]
-            rows.append([name, _lr(e["tuned_lr"]), "never" if e["median_seconds_to_target"] is None else e["median_seconds_to_target"],
+            seconds = e["median_seconds_to_target"]
+            rows.append([name, _lr(e["tuned_lr"]), "never" if seconds is None else seconds,
                          e["seconds_ratio_vs_best"], e["median_final_rd_loss"], final["bpp"], final["psnr"],
                          final[f"psnr_gain_vs_{anchor}"]])
         out += _table(["contender", "tuned lr", "median seconds to target", f"× {summary['best_hand_designed']}",
