@@ -30,7 +30,6 @@ import signal
 import statistics
 import sys
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from datetime import datetime
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from metaopt.config import parse_config  # noqa: E402
 from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.optimizers import OPTIMIZERS  # noqa: E402
 from metaopt.tracking import Run, read_metrics  # noqa: E402
-from studies.sweeps import distributed_run_dir, is_distributed, run_distributed  # noqa: E402
+from studies.sweeps import run_study  # noqa: E402
 
 TUNE_ON = {"train_loss": "training RD loss over the last 10% of T steps of a run with the tuning seed",
            "val_loss": "validation RD loss on the held-out test images after T steps"}
@@ -516,35 +515,11 @@ def write_outputs(cfg: dict, run_dir: Path, summary: dict, runs: dict[str, dict[
     report.finish()
 
 
-def study_run_dir(cfg: dict, study: str) -> Path:
-    """A study's output folder: --run-dir, else runs/<study>/<time>; a non-empty one only with --resume."""
-    if cfg["run_dir"]:
-        run_dir = Path(cfg["run_dir"])
-    elif cfg["resume"]:
-        raise UserError(f"--resume needs --run-dir (the {study} to continue)")
-    else:
-        run_dir = Path("runs") / study / datetime.now().strftime("%Y%m%d-%H%M%S")
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg["resume"]:
-        raise UserError(f"{run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
-    return run_dir
-
-
 @cli_entry
 def main(argv=None):
     cfg = parse_config(argv, "compare/default.yaml", "Compare the learned LSTM optimizer with LR-tuned Adam "
                        "on held-out codec training tasks (W&B + summary.json, report.md, convergence.png).")
-    if is_distributed(cfg):
-        summary = run_distributed(cfg, distributed_run_dir(cfg), sys.modules[__name__])
-        if not cfg["report"]:
-            return summary
-        run_dir = Path(cfg["run_dir"])
-    else:
-        run_dir = study_run_dir(cfg, "compare")
-        summary = run_compare({**cfg, "run_dir": str(run_dir)}, run_dir)
-    print((run_dir / "report.md").read_text())
-    print(f"outputs: {run_dir}/summary.json, report.md, convergence.png")
-    return summary
-
+    return run_study(cfg, sys.modules[__name__], run_compare, "convergence.png")
 
 if __name__ == "__main__":
     main()

@@ -39,9 +39,9 @@ from metaopt.config import parse_config  # noqa: E402
 from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.optimizers import LR_SCHEDULES, check_optimizer_config  # noqa: E402
 from metaopt.tracking import Run, read_metrics  # noqa: E402
-from studies.compare import (_finite, _fmt, lr_tag, parse_seeds, run_all, run_one, study_run_dir,  # noqa: E402
-                             tune_lr, worker_pool)
-from studies.sweeps import distributed_run_dir, is_distributed, run_distributed  # noqa: E402
+from studies.compare import (_finite, _fmt, lr_tag, parse_seeds, run_all, run_one, tune_lr,  # noqa: E402
+                             worker_pool)
+from studies.sweeps import run_study  # noqa: E402
 
 LEARNED = "lstm"
 MARK_KEYS = ("rd_bpp", "rd_psnr_rgb", "rd_ms_ssim_rgb", "rd_loss")  # what codec.train logs at each mark
@@ -462,18 +462,7 @@ def run_race(cfg: dict, run_dir: Path) -> dict:
 def main(argv=None):
     cfg = parse_config(argv, "race/default.yaml", "Race optimizers to a held-out RD quality in wall-clock seconds "
                        "(W&B + summary.json, report.md, race.png).")
-    if is_distributed(cfg):
-        summary = run_distributed(cfg, distributed_run_dir(cfg), sys.modules[__name__])
-        if not cfg["report"]:
-            return summary
-        run_dir = Path(cfg["run_dir"])
-    else:
-        run_dir = study_run_dir(cfg, "race")
-        summary = run_race({**cfg, "run_dir": str(run_dir)}, run_dir)
-    print((run_dir / "report.md").read_text())
-    print(f"outputs: {run_dir}/summary.json, report.md, race.png")
-    return summary
-
+    return run_study(cfg, sys.modules[__name__], run_race, "race.png")
 
 if __name__ == "__main__":
     main()

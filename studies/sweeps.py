@@ -20,6 +20,7 @@ The data folder must have the same path on every machine.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
@@ -43,6 +44,35 @@ def is_distributed(cfg: dict) -> bool:
     if len(actions) > 1:
         raise UserError(f"{' and '.join(actions)} exclude each other; pass one")
     return bool(actions)
+
+
+def study_run_dir(cfg: dict, study: str) -> Path:
+    """A study's output folder: --run-dir, else runs/<study>/<time>; a non-empty one only with --resume."""
+    if cfg["run_dir"]:
+        run_dir = Path(cfg["run_dir"])
+    elif cfg["resume"]:
+        raise UserError(f"--resume needs --run-dir (the {study} to continue)")
+    else:
+        run_dir = Path("runs") / study / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if run_dir.exists() and any(run_dir.iterdir()) and not cfg["resume"]:
+        raise UserError(f"{run_dir} is not empty; pass --resume to continue it or choose another --run-dir")
+    return run_dir
+
+
+def run_study(cfg: dict, study: ModuleType, run_whole: Callable[[dict, Path], dict], plot: str) -> dict | None:
+    """A study's command: the whole study on this machine (`run_whole(cfg, run_dir)`), or one of the actions here;
+    prints the report where there is one."""
+    if is_distributed(cfg):
+        summary = run_distributed(cfg, distributed_run_dir(cfg), study)
+        if not cfg["report"]:
+            return summary
+        run_dir = Path(cfg["run_dir"])
+    else:
+        run_dir = study_run_dir(cfg, study.__spec__.name.rpartition(".")[2])
+        summary = run_whole({**cfg, "run_dir": str(run_dir)}, run_dir)
+    print((run_dir / "report.md").read_text())
+    print(f"outputs: {run_dir}/summary.json, report.md, {plot}")
+    return summary
 
 
 def distributed_run_dir(cfg: dict) -> Path:
