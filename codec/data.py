@@ -1,12 +1,15 @@
 """Images in, tensors out: robust loading, train/test splits, and deterministic random-crop batches.
 
-Any folder works: CompressAI's `ImageFolder` layout (`DIR/train/`, `DIR/test/`, optionally `DIR/meta/`) or a
-flat folder (the last 10% of its sorted files, at least one, are the test split). With no folder, the
-colour photos that scikit-image ships are the built-in data set, split three ways so that a learned
-optimizer can be judged on images it never saw:
-    meta   images the learned optimizer is meta-trained on (a folder without meta/ uses its train split)
-    train  images codecs are trained on (codec.train, metaopt.compare)
-    test   held-out validation images (codec validation, Adam's LR selection in metaopt.compare)
+Any folder works: CompressAI's `ImageFolder` layout (`DIR/train/`, `DIR/test/`, optionally `DIR/meta/` and
+`DIR/metaval/`) or a flat folder (the last 10% of its sorted files, at least one, are the test split). With no
+folder, the photos that scikit-image ships are the built-in data set, split four ways so that a learned
+optimizer is chosen and judged on images it never trained on:
+    meta     images the learned optimizer is meta-trained on (a folder without meta/ uses its train split)
+    metaval  images its checkpoints are chosen on (a folder without metaval/ uses its test split); the built-in
+             ones are grayscale photos (loaded as RGB), since every bundled colour photo is in another split
+    train    images codecs are trained on (codec.train, studies.compare)
+    test     held-out validation images (codec validation, Adam's LR selection in studies.compare)
+A meta-training folder is therefore never the folder a compare reports on: its test split validates meta-training.
 
 Batches are a pure function of (seed, step): resuming at step t reproduces exactly the batches an
 uninterrupted run would have seen, with no sampler state to save, and any number of loader workers.
@@ -31,11 +34,12 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 # 64 Mpixel: larger than any training photo, small enough that a forged header cannot exhaust memory.
 Image.MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
-# scikit-image's bundled colour photographs (no download needed), split three ways (see above).
+# scikit-image's bundled photographs (no download needed), split four ways (see above).
 BUILTIN_SPLITS = {
     "meta": ["astronaut.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg"],
     "train": ["chelsea.png", "motorcycle_left.png", "motorcycle_right.png"],
     "test": ["coffee.png", "rocket.jpg"],
+    "metaval": ["camera.png", "coins.png", "moon.png"],
 }
 SPLITS = tuple(BUILTIN_SPLITS)
 
@@ -48,7 +52,7 @@ def builtin_images(split: str) -> list[Path]:
 
 
 def list_images(folder: str | Path | None, split: str) -> list[Path]:
-    """Image paths of `split` ("meta", "train" or "test") in `folder` (None = the built-in photos)."""
+    """Image paths of `split` (one of SPLITS) in `folder` (None = the built-in photos)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if folder is None:
@@ -58,6 +62,8 @@ def list_images(folder: str | Path | None, split: str) -> list[Path]:
         raise UserError(f"data folder not found: {root}")
     if split == "meta" and not (root / "meta").is_dir():
         split = "train"
+    if split == "metaval" and not (root / "metaval").is_dir():
+        split = "test"
     if (root / "train").is_dir() or (root / "test").is_dir():
         sub = root / split
         if not sub.is_dir():

@@ -12,7 +12,7 @@ Truncated meta-training (Andrychowicz 2016; Wichrowska 2017; Lv 2017; Harrison 2
   * a meta-step averages the estimates of every task stream of the job (`tasks_per_step` on each process) and
     takes one step of the meta-optimizer, Adam with gradient-norm clipping; a non-finite estimate skips the
     step on every process (counted as `skipped`): NaN never reaches the weights or a checkpoint;
-  * every `val_every` meta-steps: held-out tasks (test images, unseen seeds), shared out among the processes,
+  * every `val_every` meta-steps: held-out tasks (meta-validation images, unseen seeds), shared out among the processes,
     trained for `val_steps`, longer than any training horizon, so the best checkpoint is the one that stays
     stable past it.
 
@@ -53,7 +53,7 @@ def build_family(cfg: dict):
         from metaopt.tasks.codec import CodecFamily  # codec-specific code stays in the codec task
 
         return CodecFamily(cfg["models"], cfg["sizes"], cfg["lmbda_min"], cfg["lmbda_max"], cfg["distortion"],
-                           cfg["crop"], cfg["batch_size"], cfg["data"], cfg["aux_lr"])
+                           cfg["crop"], cfg["batch_size"], cfg["data"], cfg["aux_lr"], cfg["val_data"])
     if cfg["task"] == "regression":
         from metaopt.tasks.quadratic import RegressionFamily
 

@@ -7,6 +7,8 @@ Prints one JSON object (and writes it to `--out`). Per codec scale (paper: bmshj
     "lstm-coordinate" and "lstm-tensor") on identically initialised models and the same batch; rounds
     interleave them (alternating order) after warm-up; medians, and their ratios to Adam's;
   * update_time_s — Adam.step vs LSTMOptimizer.step alone on the same (clipped) gradients;
+  * compile_wait_s — (compiled steps) the first training step's extra seconds in a fresh process on an empty
+    inductor cache, and in a second fresh process on the cache the first left: what a first and a later run wait;
   * peak_mem_mb — peak memory above the post-set-up baseline during `warmup + 1` training steps, each optimizer
     in a fresh subprocess so high-water marks never mix (CPU: /proc/self/status VmHWM, reset to the current RSS
     through /proc/self/clear_refs; CUDA: torch.cuda.max_memory_allocated).
@@ -25,6 +27,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +98,13 @@ class PeakMemory:
         self.peak_bytes = peak - self.base
 
 
-def run_probe(name: str, spec: dict) -> dict:
-    """Run PROBES[name](spec) in a fresh interpreter (its own high-water mark) and return its result."""
+def run_probe(name: str, spec: dict, env: dict | None = None) -> dict:
+    """Run PROBES[name](spec) in a fresh interpreter (its own high-water mark; `env` added to its environment) and
+    return its result."""
     code = ("import json, sys; from studies.bench import PROBES; "
             "print(json.dumps(PROBES[sys.argv[1]](json.loads(sys.argv[2]))))")
-    proc = subprocess.run([sys.executable, "-c", code, name, json.dumps(spec)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code, name, json.dumps(spec)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     if proc.returncode:
         raise RuntimeError(f"bench probe {name} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.splitlines()[-1])
@@ -174,6 +179,31 @@ def codec_memory_probe(spec: dict) -> dict:
     return {"peak_mem_bytes": peak.peak_bytes}
 
 
+def compile_wait_probe(spec: dict) -> dict:
+    """(In a fresh process.) The first training step's extra seconds over the second's: what a run waits for its
+    compiled step, with whatever inductor finds in its on-disk cache."""
+    torch.set_num_threads(spec["threads"])
+    run = codec_run(spec["scale"], spec["optimizer"], spec)
+    times = []
+    for _ in range(2):
+        synchronize(torch.device(spec["device"]))
+        start = time.perf_counter()
+        run.step()
+        synchronize(torch.device(spec["device"]))
+        times.append(time.perf_counter() - start)
+    return {"wait_s": times[0] - times[1]}
+
+
+def measure_compile_wait(scale: dict, spec: dict, name: str) -> dict:
+    """The compile wait of a first run on a machine (an empty inductor cache) and of a second run (the cache the
+    first one left): a second run must not pay the compile again."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"TORCHINDUCTOR_CACHE_DIR": cache}
+        first, second = (run_probe("compile", {**spec, "scale": scale, "optimizer": name}, env)["wait_s"]
+                         for _ in range(2))
+    return {"first_run_s": first, "second_run_s": second}
+
+
 def measure_scale(scale: dict, spec: dict) -> dict:
     device = torch.device(spec["device"])
     names = ["adam", *spec["lopts"]]
@@ -193,8 +223,10 @@ def measure_scale(scale: dict, spec: dict) -> dict:
     update = interleaved_medians(updates, spec["repeats"], spec["warmup"], device)
     memory = {name: run_probe("codec", {**spec, "scale": scale, "optimizer": name})["peak_mem_bytes"] / MB
               for name in names}
+    compile_wait = {name: measure_compile_wait(scale, spec, name) for name in spec["lopts"]
+                    if spec["lopts"][name]["compile"]}
     over_adam = lambda figures: {name: figures[name] / figures["adam"] for name in spec["lopts"]}  # noqa: E731
-    return {**scale, "net_params": net_params,
+    return {**scale, "net_params": net_params, "compile_wait_s": compile_wait,
             "step_time_s": steps, "step_time_ratio_over_adam": over_adam(steps),
             "update_time_s": update, "update_time_ratio_over_adam": over_adam(update),
             "peak_mem_mb": memory, "peak_mem_ratio_over_adam": over_adam(memory)}
@@ -245,7 +277,7 @@ def meta_probe(spec: dict) -> dict:
             "graph_nodes": max(nodes), "graph_nodes_constant": len(set(nodes)) == 1, "finite": finite}
 
 
-PROBES = {"codec": codec_memory_probe, "meta": meta_probe}
+PROBES = {"codec": codec_memory_probe, "meta": meta_probe, "compile": compile_wait_probe}
 
 
 def measure_meta(cfg: dict, spec: dict) -> dict:

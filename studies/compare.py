@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from codec.train import default_config, train  # noqa: E402
-from metaopt.config import parse_config  # noqa: E402
+from metaopt.config import RESOLVED, parse_config, read_yaml  # noqa: E402
 from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.optimizers import OPTIMIZERS  # noqa: E402
 from metaopt.tracking import Run, read_metrics  # noqa: E402
@@ -384,7 +384,15 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuned: dict[str, tupl
         "optimizers": per_opt, "ratios_vs_adam": ratios,
         "final_rd": {opt: {str(seed): _final_rd(path) for seed, path in by_seed.items()}
                      for opt, by_seed in runs.items()},
+        **({"learned_optimizer": _resolved(next(iter(runs["lstm"].values())))} if "lstm" in runs else {}),
+        "task": {key: cfg[key] for key in ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_size")},
     }
+
+
+def _resolved(path: Path) -> dict:
+    """What a run actually used, as codec.train recorded it: the learned optimizer's file, its sha256 and the step
+    (lr) it ran at."""
+    return read_yaml(path / "config.yaml")[RESOLVED]
 
 
 def _mean(values) -> float | None:

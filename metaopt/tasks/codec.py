@@ -1,35 +1,39 @@
 """The codec task family: train a freshly initialised learned image codec on random crops.
 
-Per task, from its seed: the model variant, its size (N, M), λ (log-uniform), the init seed and the crop
-stream. "train" tasks crop the training images; "test" tasks crop the held-out images with seeds from a
-disjoint range, so meta-validation sees both unseen data and unseen inits. The network parameters go to
-the optimizer under study; the entropy bottleneck's `quantiles` are fitted by `aux_loss` on their own Adam.
+Per task, from its seed: the model variant, its size (N, M), λ (log-uniform), the distortion (mse, rmse), the
+init seed and the crop stream. "train" tasks crop the meta-training images; "test" tasks (meta-validation) crop
+images of their own, disjoint from those and from every image a codec study trains or validates on, with seeds
+from a disjoint range: meta-validation sees unseen data and unseen inits, and the checkpoint it picks was
+chosen without looking at any image a compare reports on. The network parameters go to the optimizer under
+study; the entropy bottleneck's `quantiles` are fitted by `aux_loss` on their own Adam.
 """
 from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 
 import torch
 
-from codec.data import CropBatches, check_images, list_images
-from codec.losses import RateDistortionLoss
+from codec.data import CropBatches, all_images, check_images, list_images
+from codec.losses import DISTORTIONS, RateDistortionLoss
 from codec.models import build_model, split_parameters
+from metaopt.errors import UserError
 from metaopt.tasks.base import Task, TaskFamily
 
 
 class CodecTask(Task):
     def __init__(self, model_name: str, N: int, M: int, lmbda: float, distortion: str, crop: int,
-                 batch_size: int, split: str, seed: int, data: str | None = None, aux_lr: float = 1e-3):
+                 batch_size: int, images: list[Path], seed: int, aux_lr: float = 1e-3):
         torch_state = torch.get_rng_state()
         torch.manual_seed(seed)
         model = build_model(model_name, N, M)
         torch.set_rng_state(torch_state)  # sampling a task must not disturb the caller's RNG stream
-        super().__init__(model, f"{model_name}(N={N},M={M},lmbda={lmbda:.4g},{split},seed={seed})")
+        super().__init__(model, f"{model_name}(N={N},M={M},lmbda={lmbda:.4g},{distortion},seed={seed})")
         aux_ids = {id(p) for p in split_parameters(model)[1]}
         self._mask = [p.requires_grad and id(p) not in aux_ids for p in model.parameters()]
         self.loss_fn = RateDistortionLoss(lmbda, distortion)
-        self.batches = CropBatches(list_images(data, split), crop, batch_size, seed)
+        self.batches = CropBatches(images, crop, batch_size, seed)
         self.aux_lr = aux_lr
 
     def net_mask(self) -> list[bool]:
@@ -46,18 +50,26 @@ class CodecTask(Task):
 
 
 class CodecFamily(TaskFamily):
+    """`data`: the meta-training images (its "meta" split); `val_data`: a folder of meta-validation images (all of
+    them), or None for the "metaval" split of `data` (codec/data.py)."""
+
     def __init__(self, models: list[str], sizes: list[list[int]], lmbda_min: float, lmbda_max: float,
-                 distortion: str = "mse", crop: int = 64, batch_size: int = 4, data: str | None = None,
-                 aux_lr: float = 1e-3):
+                 distortions: list[str] = ("mse",), crop: int = 64, batch_size: int = 4, data: str | None = None,
+                 aux_lr: float = 1e-3, val_data: str | None = None):
         self.models, self.sizes = list(models), [tuple(int(v) for v in s) for s in sizes]
         self.lmbda_range = (lmbda_min, lmbda_max)
-        self.kwargs = dict(distortion=distortion, crop=crop, batch_size=batch_size, data=data, aux_lr=aux_lr)
+        self.distortions = [distortions] if isinstance(distortions, str) else list(distortions)
+        unknown = [d for d in self.distortions if d not in DISTORTIONS]
+        if unknown or not self.distortions:
+            raise UserError(f"distortion must be a non-empty list of {', '.join(DISTORTIONS)}, got {distortions!r}")
+        self.kwargs = dict(crop=crop, batch_size=batch_size, aux_lr=aux_lr)
+        self.images = {"train": list_images(data, "meta"),
+                       "test": all_images(val_data) if val_data else list_images(data, "metaval")}
+        shared = {p.resolve() for p in self.images["train"]} & {p.resolve() for p in self.images["test"]}
+        if shared:
+            raise UserError(f"meta-validation images are also meta-training images: {sorted(map(str, shared))}")
         # Every image's header, now: a bad file is named before a run starts, not when a task first crops it.
-        check_images([path for split in sorted(set(self.IMAGE_SPLIT.values())) for path in list_images(data, split)])
-
-    # Meta-training tasks crop the "meta" images; meta-validation ("test" tasks) crops the codec "train"
-    # images, so neither sees the "test" images that studies.compare tunes Adam's LR on (codec/data.py).
-    IMAGE_SPLIT = {"train": "meta", "test": "train"}
+        check_images(self.images["train"] + self.images["test"])
 
     def sample(self, seed: int, split: str) -> CodecTask:
         seed = seed if split == "train" else 10**6 + seed
@@ -65,4 +77,6 @@ class CodecFamily(TaskFamily):
         N, M = rng.choice(self.sizes)
         lo, hi = self.lmbda_range
         lmbda = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-        return CodecTask(rng.choice(self.models), N, M, lmbda, split=self.IMAGE_SPLIT[split], seed=seed, **self.kwargs)
+        model = rng.choice(self.models)
+        distortion = rng.choice(self.distortions)  # drawn last: the draws before it are those of earlier versions
+        return CodecTask(model, N, M, lmbda, distortion, images=self.images[split], seed=seed, **self.kwargs)

@@ -8,10 +8,10 @@ from metaopt.errors import UserError
 from tests.conftest import write_image
 
 
-def test_builtin_splits_are_disjoint_colour_photos():
-    splits = {s: list_images(None, s) for s in ("meta", "train", "test")}
+def test_builtin_splits_are_disjoint_photos():
+    splits = {s: list_images(None, s) for s in ("meta", "metaval", "train", "test")}
     names = [p.name for paths in splits.values() for p in paths]
-    assert len(names) == len(set(names)) == 9
+    assert len(names) == len(set(names)) == 12
     assert all(p.is_file() for paths in splits.values() for p in paths)
     assert all(load_image(paths[0]).shape[0] == 3 for paths in splits.values())
 
@@ -20,6 +20,10 @@ def test_image_folder_and_flat_layouts(image_folder, tmp_path):
     assert [p.name for p in list_images(image_folder, "train")] == ["a.png", "b.jpg", "c.png"]
     assert [p.name for p in list_images(image_folder, "test")] == ["d.png"]
     assert list_images(image_folder, "meta") == list_images(image_folder, "train")  # no meta/: use train
+    assert list_images(image_folder, "metaval") == list_images(image_folder, "test")  # no metaval/: use test
+    (image_folder / "metaval").mkdir()
+    write_image(image_folder / "metaval" / "e.png", 64, 64, seed=5)
+    assert [p.name for p in list_images(image_folder, "metaval")] == ["e.png"]
     flat = tmp_path / "flat"
     flat.mkdir()
     for i in range(12):
@@ -27,7 +31,7 @@ def test_image_folder_and_flat_layouts(image_folder, tmp_path):
     train, test = list_images(flat, "train"), list_images(flat, "test")
     assert len(test) == 1 and len(train) == 11 and test[0].name == "11.png"
     # Evaluation takes every image, whatever the layout.
-    assert [p.name for p in all_images(image_folder)] == ["d.png", "a.png", "b.jpg", "c.png"]
+    assert [p.name for p in all_images(image_folder)] == ["e.png", "d.png", "a.png", "b.jpg", "c.png"]
     assert len(all_images(flat)) == 12 and all_images(None) == list_images(None, "test")
 
 

@@ -3,8 +3,11 @@ import json
 import pytest
 import torch
 
+from codec.data import list_images
+from metaopt.errors import UserError
 from metaopt.meta_train import main, sample_horizon
 from metaopt.optim import LSTMOptimizer, load_lopt
+from tests.conftest import write_image
 
 TINY = ["--task", "regression", "--batch-size", "8", "--hidden", "4", "--unroll", "3", "--horizon-min", "6",
         "--horizon-max", "12", "--curriculum-steps", "4", "--val-every", "3", "--val-tasks", "1",
@@ -170,6 +173,25 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["net"]
     resumed = torch.load(run / "checkpoint.pt", weights_only=False)["net"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_codec_tasks_draw_their_distortion_and_validate_on_images_of_their_own(image_folder, tmp_path):
+    from metaopt.tasks.codec import CodecFamily
+    family = CodecFamily(["bmshj2018-hyperprior-deep"], [[8, 8]], 0.01, 0.01, ["rmse", "mse"], data=image_folder)
+    drawn = {family.sample(seed, "train").loss_fn.distortion for seed in range(8)}
+    assert drawn == {"rmse", "mse"}
+    assert family.sample(0, "train").batches.paths == list_images(image_folder, "train")
+    assert family.sample(0, "test").batches.paths == list_images(image_folder, "test")  # the folder's metaval split
+    other = tmp_path / "val"
+    other.mkdir()
+    write_image(other / "v.png", 64, 64, seed=9)
+    family = CodecFamily(["bmshj2018-hyperprior-deep"], [[8, 8]], 0.01, 0.01, data=image_folder, val_data=other)
+    assert family.sample(0, "test").batches.paths == [other / "v.png"]
+    with pytest.raises(UserError, match="also meta-training images"):
+        CodecFamily(["bmshj2018-hyperprior-deep"], [[8, 8]], 0.01, 0.01, data=image_folder,
+                    val_data=image_folder / "train")
+    with pytest.raises(UserError, match="distortion"):
+        CodecFamily(["bmshj2018-hyperprior-deep"], [[8, 8]], 0.01, 0.01, ["psnr"])
 
 
 def test_validation_is_paired_and_leaves_the_rng_alone():

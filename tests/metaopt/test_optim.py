@@ -9,7 +9,7 @@ from torch import nn
 
 from metaopt.errors import UserError
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
-from metaopt.optim import PRETRAINED, LSTMOptimizer, load_lopt, save_lopt
+from metaopt.optim import PRETRAINED, LSTMOptimizer, load_lopt, lopt_blob, save_lopt
 from metaopt.optimizers import make_optimizer
 
 
@@ -181,6 +181,9 @@ def test_make_optimizer_names():
         make_optimizer("rmsprop", params, {})
 
 
+V2_FEATURES = ["grad_logmag", "adam_grad_abs", "momenta_abs", "momenta_agree", "param_scale"]
+
+
 def _bad_files(tmp_path, lopt_file):
     corrupted = tmp_path / "corrupted.pt"
     corrupted.write_bytes(lopt_file.read_bytes()[:200])
@@ -189,10 +192,17 @@ def _bad_files(tmp_path, lopt_file):
     old = tmp_path / "old.pt"
     blob = torch.load(lopt_file, weights_only=False)
     torch.save({**blob, "version": 0}, old)
+    future = tmp_path / "future.pt"
+    torch.save({**blob, "version": 2}, future)
     mismatched = tmp_path / "mismatched.pt"
     torch.save({**blob, "config": {**blob["config"], "hidden": 5}}, mismatched)
+    # v2 ("directions") files whose feature set does not fit their weights, or names a feature that flips sign
+    v2 = lopt_blob(LSTMOptimizerNet(LSTMConfig(hidden=4, output="directions", odd=False, features=V2_FEATURES)), 1e-3)
+    fewer, flipping = tmp_path / "v2-fewer-features.pt", tmp_path / "v2-flipping-feature.pt"
+    torch.save({**v2, "config": {**v2["config"], "features": V2_FEATURES[:-1]}}, fewer)
+    torch.save({**v2, "config": {**v2["config"], "features": ["grad_logsign", *V2_FEATURES[1:]]}}, flipping)
     return {"missing": tmp_path / "nope.pt", "corrupted": corrupted, "foreign": foreign, "old": old,
-            "mismatched": mismatched}
+            "future": future, "mismatched": mismatched, "v2-fewer-features": fewer, "v2-flipping-feature": flipping}
 
 
 def test_bad_lopt_files_raise_user_error(tmp_path, lopt_file):
@@ -204,7 +214,7 @@ def test_bad_lopt_files_raise_user_error(tmp_path, lopt_file):
 
 def test_bad_lopt_on_the_command_line_is_one_line(tmp_path):
     # load_lopt's errors are checked for every arch above; here only that the CLI turns each kind into one
-    # line, so one arch, and the five processes at once (each spends seconds importing torch).
+    # line (exit 2), so one arch, and the processes at once (each spends seconds importing torch).
     lopt_file = tmp_path / "lopt.pt"
     save_lopt(LSTMOptimizerNet(LSTMConfig(hidden=4)), lopt_file, lr=1e-2)
     procs = {what: subprocess.Popen([sys.executable, "-m", "codec.train", "--optimizer", "lstm", "--lopt", str(path),
@@ -214,7 +224,7 @@ def test_bad_lopt_on_the_command_line_is_one_line(tmp_path):
              for what, path in _bad_files(tmp_path, lopt_file).items()}
     for what, proc in procs.items():
         _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode != 0, what
+        assert proc.returncode == 2, what
         lines = [l for l in stderr.splitlines() if l.strip() and "Warning" not in l and "warnings.warn" not in l]
         assert len(lines) == 1 and lines[0].startswith("error:"), (what, stderr)
 
@@ -223,7 +233,8 @@ def test_bad_lopt_on_the_command_line_is_one_line(tmp_path):
 # `odd` (and lopt-bounded.pt `arch`), so they must read as written, whatever today's defaults are.
 SHIPPED = {"lopt.pt": ("coordinate", "direct", True), "lopt-lr5e-4.pt": ("coordinate", "direct", True),
            "lopt-tensor.pt": ("tensor", "adam_correction", False),
-           "lopt-bounded.pt": ("coordinate", "adam_correction", False)}
+           "lopt-bounded.pt": ("coordinate", "adam_correction", False),
+           "lopt-v2.pt": ("coordinate", "directions", False)}
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import yaml
 
+from metaopt.checkpoint import file_sha256
 from metaopt.config import parse_config
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
 from metaopt.optim import save_lopt
@@ -41,6 +42,9 @@ def test_compare_end_to_end_summary_matches_the_runs_metrics(tmp_path, image_fol
     adam_runs = {s: read_metrics(out / "runs" / f"adam-lr{summary['tuned_adam_lr']:g}-s{s}" / "metrics.jsonl")
                  for s in (0, 1)}
     assert summary["target_loss"] == pytest.approx(sum(r[-1]["loss"] for r in adam_runs.values()) / 2)
+    # what the learned optimizer was: its file's sha256 and the step it ran at (the one stored in the file)
+    assert summary["learned_optimizer"] == {"lr": 1e-3, "lopt": str(lopt_file.resolve()), "lopt_sha256": file_sha256(lopt_file)}
+    assert summary["task"]["distortion"] == "rmse"  # the mission's cost is the default
 
     # steps-to-target per run = first logged step whose loss is <= target
     for opt, prefix in (("adam", f"adam-lr{summary['tuned_adam_lr']:g}"), ("lstm", "lstm-lrdefault")):
