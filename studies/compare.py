@@ -228,6 +228,9 @@ def report(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict:
     runs = {optimizer: {seed: path for seed, (path, _) in by_seed.items()}
             for optimizer, by_seed in reported_runs(cfg, run_dir, tuning_rows).items()}
     summary = summarize(cfg, runs, tuned_lrs(cfg, run_dir, tuning_rows), meta_horizon(cfg))
+    summary["task"] = {key: cfg[key] for key in ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_size")}
+    if "lstm" in runs:
+        summary["learned_optimizer"] = _resolved(next(iter(runs["lstm"].values())))
     write_outputs(cfg, run_dir, summary, runs)
     return summary
 
@@ -384,8 +387,6 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuned: dict[str, tupl
         "optimizers": per_opt, "ratios_vs_adam": ratios,
         "final_rd": {opt: {str(seed): _final_rd(path) for seed, path in by_seed.items()}
                      for opt, by_seed in runs.items()},
-        **({"learned_optimizer": _resolved(next(iter(runs["lstm"].values())))} if "lstm" in runs else {}),
-        "task": {key: cfg[key] for key in ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_size")},
     }
 
 
