@@ -254,13 +254,13 @@ def lopt_v2_section(results: Path) -> list[str]:
     rows = []
     for path in sorted(folder.glob("compare-*/summary.json")):
         summary = json.loads(path.read_text())
-        task, ratios, lstm = summary["task"], summary["ratios_vs_adam"]["lstm"], summary["optimizers"]["lstm"]
-        lopt = summary["learned_optimizer"]
+        task, lopt = summary["task"], summary["learned_optimizer"]
+        (row,) = compare_rows_from_summary(summary)
         rows.append([f"[{path.parent.name}](results/lopt-v2/{path.parent.name}/)", task["distortion"],
                      f"{task['N']}/{task['M']}", f"`{Path(lopt['lopt']).name}` {lopt['lopt_sha256'][:8]}",
-                     _lr(lopt["lr"]), _lr(summary["tuned_adam_lr"]), _seeds(summary["seeds"]),
-                     ratios["steps_to_target_ratio"], ratios["wall_time_to_target_ratio"],
-                     list(ratios["loss_ratio_at"].values())[-1], f"{lstm['divergences']} / {len(summary['seeds'])}"])
+                     _lr(lopt["lr"]), _lr(row["adam_lr"]), _seeds(row["seeds"]), row["steps_ratio"],
+                     row["seconds_ratio"], row["loss_ratio_at_T"],
+                     f"{summary['optimizers']['lstm']['divergences']} / {len(row['seeds'])}"])
     return ["## Learned optimizer v2 vs v1, each against tuned Adam (`python -m studies.compare`)", "",
             f"Median ratios to tuned Adam (goal for v2: steps ≤ {V2_GOALS['steps']}, seconds ≤ "
             f"{V2_GOALS['seconds']}, no divergence); each learned optimizer at the step stored in its file. How the "
