@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from metaopt.lstm import LSTMOptimizerNet, adam_moments, bias_corrections, training_progress
+from metaopt.lstm import LSTMOptimizerNet, adam_moments, bias_corrections, tensor_statistics, training_progress
 
 # Let one fused loop hold the whole per-coordinate network (defaults: a node of > 50 ops is written to memory,
 # a kernel fuses <= 64 nodes), so no [hidden, P] intermediate is materialised. The first option is named
@@ -61,7 +61,7 @@ class FusedStep:
             # which tensor each coordinate belongs to: the per-tensor offsets are gathered, not repeated
             self.tensor_of = torch.repeat_interleave(torch.arange(len(sizes), device=device, dtype=torch.int32),
                                                      torch.tensor(sizes, device=device))
-            self._statistics = compile_(self._statistics_loop)
+            self._features = compile_(self._features_loop)
             self._tensor_update = compile_(self._tensor_update_loop)
 
     @torch.no_grad()
@@ -79,7 +79,10 @@ class FusedStep:
                                       progress)
             state["t"] = t
             return update
-        stats = self._statistics(g, state["m"], state["v"], one_minus, c1, c2, params, progress)
+        # Per-tensor statistics eagerly, from the compiled features: compiled, each tensor's reductions became kernels
+        # of their own, and a codec's ~90 tensors took minutes to compile for no faster a step.
+        features = self._features(g, state["m"], state["v"], one_minus, c1, c2, params, progress)
+        stats = tensor_statistics(features, self.sizes)
         h_top, h, c = self.net.cell(stats.T, state["h"], state["c"])  # T columns: tiny
         state["h"], state["c"] = h, c
         offset = self.net.tensor_out_w.T @ h_top  # [outputs, T]
@@ -120,21 +123,17 @@ class FusedStep:
             raw = net.fold_mirrored(torch.stack(seen), torch.stack(mirrored))
         return -lr * net.head(raw, directions)
 
-    def _statistics_loop(self, g, m, v, one_minus, c1, c2, params, progress):
-        """Moments in place, and each tensor's mean and mean square of every feature: [T, 2F]."""
-        rows, _ = self._moments_and_features(g, m, v, one_minus, c1, c2, params, progress)
-        stats, start = [], 0
-        for n in self.sizes:
-            piece = [r[start:start + n] for r in rows]
-            stats.append(torch.stack([r.mean() for r in piece] + [(r * r).mean() for r in piece]))
-            start += n
-        return torch.stack(stats)
+    def _features_loop(self, g, m, v, one_minus, c1, c2, params, progress):
+        """Moments in place, and the feature rows [F, P] the per-tensor statistics are taken over."""
+        return torch.stack(self._moments_and_features(g, m, v, one_minus, c1, c2, params, progress)[0])
 
     def _tensor_update_loop(self, g, m, v, c1, c2, offset, tensor_of, lr, params, progress):
         net = self.net
         # The features again, from the updated moments: recomputing them in registers is cheaper than writing
         # [F, P] to memory in the statistics loop and reading it back here.
         rows, directions = net.feature_rows(g, m, v, c1, c2, params, progress)
+        if not self.cfg.mlp_hidden:  # the tensor's outputs alone: the features above were for the statistics only
+            return -lr * net.head([(net.out_b[k] + offset[k])[tensor_of] for k in range(len(offset))], directions)
         hidden = [torch.relu(x) for x in linear_rows(rows, net.mlp_w, net.mlp_b)]
         raw = linear_rows(hidden, net.out_w, net.out_b)
         raw = [y + offset[k][tensor_of] for k, y in enumerate(raw)]

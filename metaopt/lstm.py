@@ -11,7 +11,10 @@ output, and all coordinates of all parameter tensors are flattened into one vect
   that tensor, and adds a per-tensor offset to the outputs of a per-coordinate MLP (F -> mlp_hidden -> 2).
   No per-coordinate recurrent state; per coordinate, two tiny matmuls and ~25 elementwise passes, so a step is
   several times cheaper than ``coordinate``'s (docs/speed.md); in training it was faster to the
-  target loss, but less stable far past the meta-training horizon (docs/ablation.md).
+  target loss, but less stable far past the meta-training horizon (docs/ablation.md). With ``mlp_hidden`` 0
+  there is no per-coordinate network at all: every coordinate of a tensor gets that tensor's outputs, a learned
+  per-tensor controller of the optimizer's directions (Almeida et al. 2021 learn per-tensor Adam hyperparameters
+  in the same spirit), whose step costs little more than Adam's.
 Both are feature-major ([F, P]: every per-coordinate quantity, state included, a contiguous row). This eager
 `step` is what meta-training differentiates through; metaopt.fused compiles the same update for use.
 
@@ -72,7 +75,8 @@ class LSTMConfig:
     arch: str = "coordinate"           # where the LSTM recurs: per coordinate, or per tensor (+ coordinate MLP)
     hidden: int = 8                    # units per layer (Andrychowicz: 20); a step's cost grows with it
     layers: int = 1                    # stacked LSTM layers (Andrychowicz: 2)
-    mlp_hidden: int = 8                # arch "tensor": hidden units of the per-coordinate MLP
+    mlp_hidden: int = 8                # arch "tensor": hidden units of the per-coordinate MLP; 0 = no per-coordinate
+                                       # network, every coordinate of a tensor gets the tensor LSTM's outputs
     features: list = field(default_factory=lambda: list(DEFAULT_FEATURES))
     momentum_betas: list = field(default_factory=lambda: [0.5, 0.9, 0.99])
     adam_beta1: float = 0.9            # must be one of momentum_betas: its momentum is Adam's m
@@ -102,8 +106,10 @@ class LSTMConfig:
                                  f"{flipping} flip with the gradient")
         if self.adam_beta1 not in self.momentum_betas:
             raise ValueError(f"adam_beta1={self.adam_beta1} must be one of momentum_betas={self.momentum_betas}")
-        if self.hidden < 1 or self.layers < 1 or self.mlp_hidden < 1:
-            raise ValueError("hidden, layers and mlp_hidden must be >= 1")
+        if self.hidden < 1 or self.layers < 1 or self.mlp_hidden < 0:
+            raise ValueError("hidden and layers must be >= 1, mlp_hidden >= 0")
+        if self.mlp_hidden == 0 and self.arch != "tensor":
+            raise ValueError('mlp_hidden 0 (no per-coordinate network) needs arch "tensor"')
 
     @property
     def num_features(self) -> int:
@@ -233,11 +239,13 @@ class LSTMOptimizerNet(nn.Module):
         # The output layer reads the LSTM's h (coordinate) or the MLP's hidden layer (tensor). Small, so the
         # optimizer starts as (almost) Adam, yet every weight gets a gradient.
         O = cfg.num_outputs
-        self.out_w = nn.Parameter(torch.randn(H if cfg.arch == "coordinate" else K, O) * cfg.out_init_std)
+        if cfg.arch == "coordinate" or K:
+            self.out_w = nn.Parameter(torch.randn(H if cfg.arch == "coordinate" else K, O) * cfg.out_init_std)
         self.out_b = nn.Parameter(torch.zeros(O))
         if cfg.arch == "tensor":
-            self.mlp_w = nn.Parameter(torch.empty(F, K).uniform_(-1 / math.sqrt(F), 1 / math.sqrt(F)))
-            self.mlp_b = nn.Parameter(torch.zeros(K))
+            if K:
+                self.mlp_w = nn.Parameter(torch.empty(F, K).uniform_(-1 / math.sqrt(F), 1 / math.sqrt(F)))
+                self.mlp_b = nn.Parameter(torch.zeros(K))
             self.tensor_out_w = nn.Parameter(torch.randn(H, O) * cfg.out_init_std)
         # "directions": the weight of Adam's direction m_1/sqrt(v) is 1 + its raw output, so the optimizer starts
         # as Adam (the other weights start near 0), as adam_correction does.
@@ -326,7 +334,9 @@ class LSTMOptimizerNet(nn.Module):
         return odd if self.cfg.output == "direct" else torch.stack([even[0], odd[1]])
 
     def coordinate_outputs(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        """arch "tensor": the per-coordinate MLP, x [F, n] -> raw outputs [2, n], plus the tensor offsets [2, n]."""
+        """arch "tensor": the per-coordinate MLP, x [F, n] -> raw outputs [O, n], plus the tensor offsets [O, n]."""
+        if not self.cfg.mlp_hidden:
+            return offset + self.out_b[:, None]
         hidden = torch.addmm(self.mlp_b[:, None], self.mlp_w.T, x).relu_()  # in place: addmm's backward needs no output
         return torch.addmm(offset + self.out_b[:, None], self.out_w.T, hidden)
 

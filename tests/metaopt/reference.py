@@ -36,7 +36,7 @@ def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: lis
             cell.bias_ih.copy_(net.b[layer])
             cell.bias_hh.zero_()
         cells.append(cell)
-    out_layer = linear(net.out_w, net.out_b)
+    out_layer = linear(net.out_w, net.out_b) if hasattr(net, "out_w") else None
     updates, new_states = [], []
     for k_tensor, (g, st) in enumerate(zip(grads, states)):
         g = g.reshape(-1)
@@ -63,9 +63,11 @@ def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: lis
                 inp = h
             if coordinate:
                 outs.append(out_layer(inp))
-            else:
+            elif cfg.mlp_hidden:
                 mlp = linear(net.mlp_w, net.mlp_b)
                 outs.append(out_layer(torch.relu(mlp(x))) + linear(net.tensor_out_w, None)(inp))
+            else:  # no per-coordinate network: every coordinate gets the tensor's outputs
+                outs.append((net.out_b + linear(net.tensor_out_w, None)(inp)).expand(x.shape[0], -1))
         if cfg.odd:  # written out, not via fold_mirrored: the step-size output even, the direct one(s) odd
             seen, mirrored = outs
             odd = (seen - mirrored) / 2

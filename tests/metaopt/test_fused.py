@@ -15,16 +15,17 @@ ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale", "progress
 
 # Each case compiles its own loops (seconds each), so the cases cover every branch once rather than every
 # combination: both archs, 1 and 2 layers, both outputs, odd with both outputs, the default and all features.
-@pytest.mark.parametrize("arch,layers,output,features,odd", [
-    ("coordinate", 1, "adam_correction", ALL_FEATURES, False), ("coordinate", 1, "adam_correction", None, True),
-    ("coordinate", 2, "direct", None, True), ("coordinate", 1, "direct", ALL_FEATURES, True),
-    ("tensor", 1, "adam_correction", ALL_FEATURES, False), ("tensor", 2, "direct", None, False),
-    ("coordinate", 1, "directions", ["grad_logmag", "adam_grad_abs", "momenta_abs", "momenta_agree"], False)])
-def test_fused_step_equals_eager_step(arch, layers, output, features, odd):
+@pytest.mark.parametrize("arch,layers,output,features,odd,mlp_hidden", [
+    ("coordinate", 1, "adam_correction", ALL_FEATURES, False, 3), ("coordinate", 1, "adam_correction", None, True, 3),
+    ("coordinate", 2, "direct", None, True, 3), ("coordinate", 1, "direct", ALL_FEATURES, True, 3),
+    ("tensor", 1, "adam_correction", ALL_FEATURES, False, 3), ("tensor", 2, "direct", None, False, 3),
+    ("coordinate", 1, "directions", ["grad_logmag", "adam_grad_abs", "momenta_abs", "momenta_agree"], False, 3),
+    ("tensor", 1, "directions", ["grad_logmag", "momenta_agree", "param_scale", "progress"], False, 0)])
+def test_fused_step_equals_eager_step(arch, layers, output, features, odd, mlp_hidden):
     sizes = [12, 5, 40, 1]
     for seed in (0, 1):  # a second network reuses the compiled loops: its weights must not be baked in
         torch.manual_seed(seed)
-        cfg = LSTMConfig(arch=arch, hidden=3, mlp_hidden=3, layers=layers, output=output, out_init_std=0.5, odd=odd,
+        cfg = LSTMConfig(arch=arch, hidden=3, mlp_hidden=mlp_hidden, layers=layers, output=output, out_init_std=0.5, odd=odd,
                          **({"features": features} if features else {}))
         net = LSTMOptimizerNet(cfg).requires_grad_(False)
         fused, eager_state = FusedStep(net, sizes, torch.device("cpu")), init_state(cfg, sizes)

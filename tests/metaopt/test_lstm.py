@@ -24,7 +24,7 @@ EVEN = ["grad_logmag", "adam_grad_abs", "momenta_abs", "momenta_agree", "param_s
 HORIZON = 3  # "progress" reaches its clamp (t/T = 1) within the tests' 4 steps
 
 
-@pytest.mark.parametrize("arch,layers,output,chunk,features,odd", [
+@pytest.mark.parametrize("arch,layers,output,chunk,features,odd,mlp_hidden", [(*case, 8) for case in [
     ("coordinate", 1, "adam_correction", None, None, False), ("coordinate", 2, "adam_correction", 7, None, False),
     ("coordinate", 2, "direct", 5, None, False), ("coordinate", 1, "adam_correction", 7, ALL_FEATURES, False),
     ("coordinate", 2, "adam_correction", 7, None, True), ("coordinate", 1, "direct", None, None, True),
@@ -32,12 +32,13 @@ HORIZON = 3  # "progress" reaches its clamp (t/T = 1) within the tests' 4 steps
     ("tensor", 1, "adam_correction", None, None, False), ("tensor", 2, "adam_correction", 7, None, False),
     ("tensor", 1, "direct", 5, None, False), ("tensor", 1, "adam_correction", None, ALL_FEATURES, False),
     ("tensor", 2, "adam_correction", 7, None, True), ("tensor", 1, "direct", 5, None, True),
-    ("coordinate", 2, "directions", 7, EVEN, False), ("tensor", 1, "directions", 5, EVEN, False)])
-def test_fast_path_equals_reference(arch, layers, output, chunk, features, odd):
+    ("coordinate", 2, "directions", 7, EVEN, False), ("tensor", 1, "directions", 5, EVEN, False)]]
+    + [("tensor", 1, "directions", 5, EVEN, False, 0)])  # no per-coordinate network: a per-tensor controller
+def test_fast_path_equals_reference(arch, layers, output, chunk, features, odd, mlp_hidden):
     """The flat, fused, chunked step == one tensor at a time through torch.nn modules, to rtol 1e-10 in float64."""
     torch.manual_seed(0)
-    cfg = LSTMConfig(arch=arch, hidden=6, layers=layers, output=output, out_init_std=0.5, odd=odd,
-                     **({"features": features} if features else {}))
+    cfg = LSTMConfig(arch=arch, hidden=6, layers=layers, mlp_hidden=mlp_hidden, output=output, out_init_std=0.5,
+                     odd=odd, **({"features": features} if features else {}))
     net = LSTMOptimizerNet(cfg).double()
     shapes = [(3, 4), (5,), (2, 2, 2)]
     sizes = [math.prod(s) for s in shapes]
@@ -92,6 +93,8 @@ def test_bad_config_rejected():
         LSTMConfig(output="directions", odd=False)  # the default features include the sign of g
     with pytest.raises(ValueError, match="odd by construction"):
         LSTMConfig(output="directions", features=EVEN, odd=True)
+    with pytest.raises(ValueError, match="needs arch"):
+        LSTMConfig(arch="coordinate", mlp_hidden=0)
 
 
 @pytest.mark.parametrize("arch", ["coordinate", "tensor"])
@@ -144,13 +147,14 @@ def test_odd_update_flips_with_the_gradient_history(arch, output):
         assert (max(gaps) < 1e-15) == odd, (odd, gaps)
 
 
-@pytest.mark.parametrize("arch", ["coordinate", "tensor"])
-def test_directions_output_is_odd_in_one_pass_and_starts_as_adam(arch):
+@pytest.mark.parametrize("arch,mlp_hidden", [("coordinate", 8), ("tensor", 8), ("tensor", 0)])
+def test_directions_output_is_odd_in_one_pass_and_starts_as_adam(arch, mlp_hidden):
     """output "directions": even weights (sign-free features) times odd directions, so u(-g) = -u(g) with one
     network pass and half odd's LSTM state; with a zero output layer it is Adam's step exactly."""
     torch.manual_seed(0)
     grads = [torch.randn(30, dtype=torch.float64) for _ in range(5)]
-    cfg = LSTMConfig(arch=arch, hidden=4, output="directions", features=EVEN[:4], odd=False, out_init_std=0.5)
+    cfg = LSTMConfig(arch=arch, hidden=4, mlp_hidden=mlp_hidden, output="directions", features=EVEN[:4], odd=False,
+                     out_init_std=0.5)
     net = LSTMOptimizerNet(cfg).double()
     with torch.no_grad():
         net.out_b.fill_(0.3)  # a constant output cannot drift here: it weighs directions that flip with g
@@ -162,8 +166,8 @@ def test_directions_output_is_odd_in_one_pass_and_starts_as_adam(arch):
             u_neg, mirrored, _ = net.step(-g, mirrored, 1e-2, params=g, horizon=10)
         assert (u + u_neg).abs().max().item() < 1e-15 and u.abs().max() > 0
 
-    adam_like = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=4, output="directions", features=EVEN[:4],
-                                            odd=False, out_init_std=0.0)).double()
+    adam_like = LSTMOptimizerNet(LSTMConfig(arch=arch, hidden=4, mlp_hidden=mlp_hidden, output="directions",
+                                            features=EVEN[:4], odd=False, out_init_std=0.0)).double()
     params = torch.zeros(30, dtype=torch.float64, requires_grad=True)
     adam = torch.optim.Adam([params], lr=1e-2, eps=1e-8)
     state = init_state(adam_like.cfg, [30], dtype=torch.float64)

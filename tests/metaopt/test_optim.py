@@ -36,14 +36,18 @@ def _train(model, opt, steps, start=0):
     return losses
 
 
-@pytest.fixture(params=["coordinate", "tensor", "tensor+param_scale"])
+@pytest.fixture(params=["coordinate", "tensor", "tensor+param_scale", "controller"])
 def lopt_file(tmp_path, request):
     torch.manual_seed(1)
     path = tmp_path / "lopt.pt"
     arch, _, extra = request.param.partition("+")
     features = ["grad_logsign", "adam_grad", "momenta"] + ([extra] if extra else [])
-    # adam_correction: untrained, it is (almost) Adam, so these tests can expect it to train
-    cfg = LSTMConfig(arch=arch, hidden=4, features=features, output="adam_correction", odd=False)
+    # adam_correction and directions: untrained, they are (almost) Adam, so these tests can expect them to train
+    if arch == "controller":  # the per-tensor controller: no per-coordinate network (configs/meta/v3.yaml)
+        cfg = LSTMConfig(arch="tensor", hidden=4, mlp_hidden=0, features=["grad_logmag", "momenta_agree", "param_scale"],
+                         output="directions", odd=False)
+    else:
+        cfg = LSTMConfig(arch=arch, hidden=4, features=features, output="adam_correction", odd=False)
     save_lopt(LSTMOptimizerNet(cfg), path, lr=1e-2)
     return path
 

@@ -88,8 +88,8 @@ def test_race_rows_come_from_its_summary(tmp_path):
     assert tables.compares_section(tmp_path)[-2].startswith("|---")  # a race is not a compare row
 
 
-def test_lopt_v2_rows_name_the_file_its_step_and_the_task(tmp_path):
-    assert tables.lopt_v2_section(tmp_path) == []  # no folder, no section
+def test_learned_optimizer_rows_name_the_file_its_step_and_the_task(tmp_path):
+    assert tables.learned_optimizers_section(tmp_path) == []  # no folder, no section
     summary = {"steps": 1000, "seeds": [110, 111, 112], "tuned_adam_lr": 2e-4,
                "optimizers": {"adam": {"divergences": 0}, "lstm": {"divergences": 1}},
                "ratios_vs_adam": {"lstm": {"steps_to_target_ratio": 0.4, "wall_time_to_target_ratio": 0.55,
@@ -98,7 +98,7 @@ def test_lopt_v2_rows_name_the_file_its_step_and_the_task(tmp_path):
                "task": {"distortion": "rmse", "N": 32, "M": 48}}
     (tmp_path / "lopt-v2" / "compare-a").mkdir(parents=True)
     (tmp_path / "lopt-v2" / "compare-a" / "summary.json").write_text(json.dumps(summary))
-    row = [line for line in tables.lopt_v2_section(tmp_path) if "compare-a" in line][0]
+    row = [line for line in tables.learned_optimizers_section(tmp_path) if "compare-a" in line][0]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:] == ["rmse", "32/48", "`lopt-v2.pt` c23ad0b8", "1e-3", "2e-4", "110–112", "0.400", "0.550", "0.700",
                          "1 / 3"]
