@@ -80,7 +80,7 @@ class FusedStep:
             state["t"] = t
             return update
         # Per-tensor statistics eagerly, from the compiled features: compiled, each tensor's reductions became kernels
-        # of their own, and a codec's ~90 tensors took minutes to compile for no faster a step.
+        # of their own, and a codec's ~90 tensors took minutes to compile (docs/results/lopt-v3).
         features = self._features(g, state["m"], state["v"], one_minus, c1, c2, params, progress)
         stats = tensor_statistics(features, self.sizes)
         h_top, h, c = self.net.cell(stats.T, state["h"], state["c"])  # T columns: tiny
@@ -129,8 +129,8 @@ class FusedStep:
 
     def _tensor_update_loop(self, g, m, v, c1, c2, offset, tensor_of, lr, params, progress):
         net = self.net
-        # The features again, from the updated moments: recomputing them in registers is cheaper than writing
-        # [F, P] to memory in the statistics loop and reading it back here.
+        # The features again, from the updated moments, recomputed in registers (the per-coordinate MLP reads them)
+        # rather than read back from the [F, P] the features loop wrote.
         rows, directions = net.feature_rows(g, m, v, c1, c2, params, progress)
         if not self.cfg.mlp_hidden:  # the tensor's outputs alone: the features above were for the statistics only
             return -lr * net.head([(net.out_b[k] + offset[k])[tensor_of] for k in range(len(offset))], directions)

@@ -148,7 +148,8 @@ def make_optimizer(name: str, params, spec: dict) -> torch.optim.Optimizer:
     source, compiled = spec["lopts"][name]["lopt"], spec["lopts"][name]["compile"]
     if not isinstance(source, str):
         source = lopt_blob(LSTMOptimizerNet(LSTMConfig(arch=source["arch"])), spec["fresh_lopt_lr"])
-    return LSTMOptimizer(params, lopt=source, compile=compiled)
+    # A planned length for optimizers that read the training progress; what a step costs does not depend on it.
+    return LSTMOptimizer(params, lopt=source, compile=compiled, horizon=10_000)
 
 
 def codec_run(scale: dict, optimizer: str, spec: dict) -> CodecRun:

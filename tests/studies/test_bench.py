@@ -95,7 +95,9 @@ def test_a_given_lopt_file_is_timed_alone_under_its_arch(tmp_path):
     from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
     from metaopt.optim import save_lopt
     path = tmp_path / "tensor.pt"
-    save_lopt(LSTMOptimizerNet(LSTMConfig(arch="tensor", hidden=4)), path, lr=1e-3)
+    # one that reads the training progress, which needs a planned length (v3 does)
+    cfg = LSTMConfig(arch="tensor", hidden=4, features=["grad_logsign", "adam_grad", "momenta", "progress"])
+    save_lopt(LSTMOptimizerNet(cfg), path, lr=1e-3)
     report = main(TINY + ["--meta", "false", "--lopt", str(path), "--out", str(tmp_path / "b.json")])
     assert report["settings"]["learned_optimizers"] == {"lstm-tensor": f"{path}, eager step"}
     assert set(report["codec"]["paper"]["step_time_s"]) == {"adam", "lstm-tensor"}
