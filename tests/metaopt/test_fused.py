@@ -25,8 +25,8 @@ def test_fused_step_equals_eager_step(arch, layers, output, features, odd, mlp_h
     sizes = [12, 5, 40, 1]
     for seed in (0, 1):  # a second network reuses the compiled loops: its weights must not be baked in
         torch.manual_seed(seed)
-        cfg = LSTMConfig(arch=arch, hidden=3, mlp_hidden=mlp_hidden, layers=layers, output=output, out_init_std=0.5, odd=odd,
-                         **({"features": features} if features else {}))
+        cfg = LSTMConfig(arch=arch, hidden=3, mlp_hidden=mlp_hidden, layers=layers, output=output, out_init_std=0.5,
+                         odd=odd, **({"features": features} if features else {}))
         net = LSTMOptimizerNet(cfg).requires_grad_(False)
         fused, eager_state = FusedStep(net, sizes, torch.device("cpu")), init_state(cfg, sizes)
         fused_state = init_state(cfg, sizes)

@@ -44,8 +44,8 @@ def lopt_file(tmp_path, request):
     features = ["grad_logsign", "adam_grad", "momenta"] + ([extra] if extra else [])
     # adam_correction and directions: untrained, they are (almost) Adam, so these tests can expect them to train
     if arch == "controller":  # the per-tensor controller: no per-coordinate network (configs/meta/v3.yaml)
-        cfg = LSTMConfig(arch="tensor", hidden=4, mlp_hidden=0, features=["grad_logmag", "momenta_agree", "param_scale"],
-                         output="directions", odd=False)
+        cfg = LSTMConfig(arch="tensor", hidden=4, mlp_hidden=0, output="directions", odd=False,
+                         features=["grad_logmag", "momenta_agree", "param_scale"])
     else:
         cfg = LSTMConfig(arch=arch, hidden=4, features=features, output="adam_correction", odd=False)
     save_lopt(LSTMOptimizerNet(cfg), path, lr=1e-2)
