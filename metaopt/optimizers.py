@@ -10,7 +10,8 @@ Config keys: `lr` (None = the optimizer's default: 1e-4 for Adam, CompressAI's; 
 schedulefree and soap; the meta-trained nominal step for the LSTM), `momentum` (SGD), `lopt` (LSTM checkpoint
 path; None = the shipped `metaopt/pretrained/lopt.pt`), `lopt_compile` (LSTM: the torch.compile'd step of
 metaopt.fused), `steps` (the planned number of steps: cosine's length; the LSTM's horizon if it has the
-"progress" feature), `lr_schedule`, `warmup_steps`.
+"progress" feature), `lopt_horizon` (LSTM: another horizon than `steps`, None = `steps`), `lr_schedule`,
+`warmup_steps`.
 
 A loop builds both before loading any checkpoint; validates, and saves the weights to use, inside
 `with evaluation_point(optimizer, params)` (its resumable checkpoint keeps the training point); calls
@@ -56,6 +57,9 @@ def check_optimizer_config(name: str, config: dict) -> None:
     if name == "schedulefree" and schedule != "constant":
         raise UserError(f"schedulefree replaces the lr schedule by its iterate averaging: use lr_schedule constant "
                         f"(a warmup is fine), got {schedule!r}")
+    horizon = config.get("lopt_horizon")
+    if horizon is not None and not (isinstance(horizon, int) and not isinstance(horizon, bool) and horizon > 0):
+        raise UserError(f"lopt_horizon must be a positive integer (or null for steps), got {horizon!r}")
     warmup = config.get("warmup_steps") or 0
     if not (isinstance(warmup, int) and warmup >= 0):
         raise UserError(f"warmup_steps must be a non-negative integer, got {warmup!r}")
@@ -75,7 +79,8 @@ def make_optimizer(name: str, params, config: dict) -> torch.optim.Optimizer:
     lr = config.get("lr")
     if name == "lstm":
         return LSTMOptimizer(params, lopt=config.get("lopt"), lr=None if lr is None else float(lr),
-                             compile=bool(config.get("lopt_compile", False)), horizon=config.get("steps"))
+                             compile=bool(config.get("lopt_compile", False)),
+                             horizon=config.get("lopt_horizon") or config.get("steps"))
     if name == "adam":
         return torch.optim.Adam(params, lr=DEFAULT_LR["adam"] if lr is None else float(lr))
     if name == "sgd":

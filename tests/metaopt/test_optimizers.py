@@ -58,6 +58,7 @@ def test_each_optimizer_lowers_a_loss(name):
     ("soap", {"lr_schedule": "cosine", "steps": 0}, "it needs steps > 0, got 0"),
     ("schedulefree", {"lr_schedule": "plateau", "steps": 10}, "use lr_schedule constant"),
     ("adam", {"warmup_steps": 1.5}, "warmup_steps must be a non-negative integer"),
+    ("lstm", {"lopt_horizon": 0}, "lopt_horizon must be a positive integer"),
 ])
 def test_bad_configs_are_refused_before_building(name, config, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
@@ -173,3 +174,9 @@ def test_plateau_state_round_trips():
     assert lrs["fresh"] != lrs["original"]
     with pytest.raises(UserError, match="without the plateau schedule's state"):
         resumed.load_state_dict({})
+
+
+def test_the_learned_optimizer_reads_lopt_horizon_else_steps():
+    params = list(_model().parameters())
+    assert make_optimizer("lstm", params, {"steps": 1000}).horizon == 1000
+    assert make_optimizer("lstm", params, {"steps": 1000, "lopt_horizon": 100}).horizon == 100
