@@ -36,7 +36,7 @@ def reference_step(net: LSTMOptimizerNet, grads: list[torch.Tensor], states: lis
             cell.bias_ih.copy_(net.b[layer])
             cell.bias_hh.zero_()
         cells.append(cell)
-    out_layer = linear(net.out_w, net.out_b) if hasattr(net, "out_w") else None
+    out_layer = linear(net.out_w, net.out_b) if cfg.arch == "coordinate" or cfg.mlp_hidden else None
     updates, new_states = [], []
     for k_tensor, (g, st) in enumerate(zip(grads, states)):
         g = g.reshape(-1)
