@@ -48,8 +48,6 @@ class FusedStep:
     with `state` (an `init_state` dict) advanced *in place*. One instance per network and parameter layout."""
 
     def __init__(self, net: LSTMOptimizerNet, sizes: list[int], device: torch.device):
-        if net.cfg.odd and net.cfg.arch != "coordinate":
-            raise ValueError("FusedStep implements odd outputs (LSTMConfig.odd) for arch coordinate only")
         self.net, self.cfg = net, net.cfg
         one_minus = [1 - b for b in self.cfg.momentum_betas]
         self.one_minus = torch.tensor(one_minus, device=device)[:, None]
@@ -80,12 +78,13 @@ class FusedStep:
             state["t"] = t
             return update
         # Per-tensor statistics eagerly, from the compiled features: compiled, each tensor's reductions became kernels
-        # of their own, and a codec's ~90 tensors took minutes to compile (docs/results/lopt-v3).
+        # of their own, and a codec's ~90 tensors took minutes to compile (docs/results/lopt-v3). `odd`: the features
+        # of the sign-flipped history too, whose statistics are the second half of the tensor LSTM's columns.
         features = self._features(g, state["m"], state["v"], one_minus, c1, c2, params, progress)
-        stats = tensor_statistics(features, self.sizes)
-        h_top, h, c = self.net.cell(stats.T, state["h"], state["c"])  # T columns: tiny
+        stats = torch.cat([tensor_statistics(x, self.sizes) for x in features])
+        h_top, h, c = self.net.cell(stats.T, state["h"], state["c"])  # T (odd: 2T) columns: tiny
         state["h"], state["c"] = h, c
-        offset = self.net.tensor_out_w.T @ h_top  # [outputs, T]
+        offset = (self.net.tensor_out_w.T @ h_top).split(len(self.sizes), dim=1)  # [outputs, T] per history
         state["t"] = t
         return self._tensor_update(g, state["m"], state["v"], c1, c2, offset, self.tensor_of, lr, params, progress)
 
@@ -124,17 +123,29 @@ class FusedStep:
         return -lr * net.head(raw, directions)
 
     def _features_loop(self, g, m, v, one_minus, c1, c2, params, progress):
-        """Moments in place, and the feature rows [F, P] the per-tensor statistics are taken over."""
-        return torch.stack(self._moments_and_features(g, m, v, one_minus, c1, c2, params, progress)[0])
+        """Moments in place, and the feature rows [F, P] the per-tensor statistics are taken over (`odd`: also those
+        of the sign-flipped history)."""
+        rows = self._moments_and_features(g, m, v, one_minus, c1, c2, params, progress)[0]
+        if not self.cfg.odd:
+            return [torch.stack(rows)]
+        return [torch.stack(rows), torch.stack(self.net.feature_rows(-g, -m, v, c1, c2, params, progress)[0])]
+
+    def _coordinate_mlp(self, rows, offset, tensor_of):
+        """arch "tensor": the per-coordinate MLP on feature rows plus the gathered per-tensor offsets -> raw rows."""
+        net = self.net
+        if not self.cfg.mlp_hidden:  # the tensor's outputs alone
+            return [(net.out_b[k] + offset[k])[tensor_of] for k in range(len(offset))]
+        hidden = [torch.relu(x) for x in linear_rows(rows, net.mlp_w, net.mlp_b)]
+        return [y + offset[k][tensor_of] for k, y in enumerate(linear_rows(hidden, net.out_w, net.out_b))]
 
     def _tensor_update_loop(self, g, m, v, c1, c2, offset, tensor_of, lr, params, progress):
         net = self.net
         # The features again, from the updated moments, recomputed in registers (the per-coordinate MLP reads them)
         # rather than read back from the [F, P] the features loop wrote.
         rows, directions = net.feature_rows(g, m, v, c1, c2, params, progress)
-        if not self.cfg.mlp_hidden:  # the tensor's outputs alone: the features above were for the statistics only
-            return -lr * net.head([(net.out_b[k] + offset[k])[tensor_of] for k in range(len(offset))], directions)
-        hidden = [torch.relu(x) for x in linear_rows(rows, net.mlp_w, net.mlp_b)]
-        raw = linear_rows(hidden, net.out_w, net.out_b)
-        raw = [y + offset[k][tensor_of] for k, y in enumerate(raw)]
+        raw = self._coordinate_mlp(rows, offset[0], tensor_of)
+        if self.cfg.odd:
+            mirrored_rows = net.feature_rows(-g, -m, v, c1, c2, params, progress)[0]
+            mirrored = self._coordinate_mlp(mirrored_rows, offset[1], tensor_of)
+            raw = net.fold_mirrored(torch.stack(raw), torch.stack(mirrored))
         return -lr * net.head(raw, directions)

@@ -50,7 +50,8 @@ LSTM that beats tuned Adam inside its horizon and explodes far beyond it, docs/a
   with the gradient is kept, of the step-size output the part that does not (it multiplies the odd Adam direction):
   u(-g) = -u(g). Why: without it, meta-training found a constant drift (every coordinate of a tensor moved the same
   way, whatever its gradient) that pays within the horizon and grows linearly with the steps (docs/ablation.md (7),
-  experiments/drift.py). Costs a second LSTM pass.
+  experiments/drift.py). Costs a second pass: of the coordinate LSTM (arch ``coordinate``), or of the tensor LSTM
+  over T more columns and of the per-coordinate MLP (arch ``tensor``, where the second pass is cheap).
 """
 from __future__ import annotations
 

@@ -91,10 +91,6 @@ class LSTMOptimizer(torch.optim.Optimizer):
         if not lr > 0:
             raise UserError(f"lr must be positive, got {lr}")
         self.chunk_size = chunk_size
-        if compile and self.net.cfg.odd and self.net.cfg.arch != "coordinate":
-            warnings.warn("LSTMOptimizer: the compiled step implements odd outputs for arch coordinate only; "
-                          "using the eager step")
-            compile = False
         self.compile = compile
         self.fused: dict[int, FusedStep] = {}  # per param group; rebuilt after load_state_dict
         super().__init__(params, {"lr": lr, "horizon": horizon})

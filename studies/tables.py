@@ -262,7 +262,7 @@ def learned_optimizers_section(results: Path) -> list[str]:
                      f"{summary['optimizers']['lstm']['divergences']} / {len(row['seeds'])}"])
     if not rows:
         return []
-    return ["## Learned optimizers v1, v2 and v3, each against tuned Adam (`python -m studies.compare`)", "",
+    return ["## Learned optimizers since v1, each against tuned Adam (`python -m studies.compare`)", "",
             f"Median ratios to tuned Adam (goal: steps ≤ {LOPT_GOALS['steps']}, seconds ≤ "
             f"{LOPT_GOALS['seconds']}, no divergence); each learned optimizer at the step stored in its file. How the "
             f"runs were made and which seeds were looked at: the README in each results folder.", "",

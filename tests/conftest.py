@@ -12,6 +12,13 @@ from PIL import Image  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def fresh_compile_cache():
+    """Every compiled step a test builds is a recompile of the same functions, with other weights baked into its
+    guards; one pytest process would pass dynamo's recompile limit. Each test starts from an empty cache."""
+    torch._dynamo.reset()
+
+
 def write_image(path, h, w, mode="RGB", seed=0):
     """A smooth random image (compressible, like a photo) in the given Pillow mode."""
     rng = np.random.default_rng(seed)

@@ -14,11 +14,12 @@ ALL_FEATURES = ["grad_logsign", "adam_grad", "momenta", "param_scale", "progress
 
 
 # Each case compiles its own loops (seconds each), so the cases cover every branch once rather than every
-# combination: both archs, 1 and 2 layers, both outputs, odd with both outputs, the default and all features.
+# combination: both archs, 1 and 2 layers, every output, odd with both of its outputs, the default and all features.
 @pytest.mark.parametrize("arch,layers,output,features,odd,mlp_hidden", [
     ("coordinate", 1, "adam_correction", ALL_FEATURES, False, 3), ("coordinate", 1, "adam_correction", None, True, 3),
     ("coordinate", 2, "direct", None, True, 3), ("coordinate", 1, "direct", ALL_FEATURES, True, 3),
     ("tensor", 1, "adam_correction", ALL_FEATURES, False, 3), ("tensor", 2, "direct", None, False, 3),
+    ("tensor", 1, "direct", ALL_FEATURES, True, 3), ("tensor", 1, "adam_correction", None, True, 0),
     ("coordinate", 1, "directions", ["grad_logmag", "adam_grad_abs", "momenta_abs", "momenta_agree"], False, 3),
     ("tensor", 1, "directions", ["grad_logmag", "momenta_agree", "param_scale", "progress"], False, 0)])
 def test_fused_step_equals_eager_step(arch, layers, output, features, odd, mlp_hidden):

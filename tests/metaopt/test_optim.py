@@ -99,15 +99,19 @@ def test_compiled_step_trains_like_the_eager_one(lopt_file):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_odd_optimizer_trains_with_the_eager_step_when_compile_is_asked(tmp_path):
+def test_odd_tensor_optimizer_trains_compiled_as_eager(tmp_path):
     path = tmp_path / "odd.pt"
-    save_lopt(LSTMOptimizerNet(LSTMConfig(arch="tensor", hidden=4, output="adam_correction")), path, lr=1e-2)
-    model = _model()
-    with pytest.warns(UserWarning, match="odd outputs"):
-        opt = LSTMOptimizer(model.parameters(), lopt=path, compile=True)
-    assert not opt.compile
-    losses = _train(model, opt, 150)
-    assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:10]) / 10
+    save_lopt(LSTMOptimizerNet(LSTMConfig(arch="tensor", hidden=4, output="direct", out_init_std=0.5)), path, lr=1e-2)
+    eager_model, fused_model = _model(), _model()
+    fused = LSTMOptimizer(fused_model.parameters(), lopt=path, compile=True)
+    eager_losses = _train(eager_model, LSTMOptimizer(eager_model.parameters(), lopt=path), 150)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to the eager step would warn
+        _train(fused_model, fused, 150)
+    assert fused.compile and fused.fused
+    assert sum(eager_losses[-10:]) / 10 < 0.3 * sum(eager_losses[:10]) / 10
+    for a, b in zip(eager_model.parameters(), fused_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_a_failed_compile_falls_back_to_the_eager_step_with_the_state_untouched(lopt_file, monkeypatch):
