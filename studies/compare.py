@@ -4,7 +4,9 @@
    the LR with the lowest mean training loss over the last 10% of steps wins (`tune_on: val_loss` = the
    validation RD loss on the held-out "test" images instead), and an LR that diverged on any tuning seed is
    out: a tuned baseline must be stable, not lucky. A default Adam proves nothing. `lstm_lrs` (off by default:
-   a learned optimizer should need no tuning) tunes the LSTM's nominal step by the same rule.
+   a learned optimizer should need no tuning) tunes the LSTM's nominal step by the same rule, and
+   `lopt_candidates` chooses among several learned optimizer files by it: every choice about the learned optimizer
+   is made on the tuning seeds, so the reported seeds stay fresh.
 2. Run every optimizer x seed for T steps on the same held-out codec task (tuned Adam; the others at their
    defaults or tuned step), each a full `codec.train` run logged to W&B with a shared group, job_type "compare" and
    tags [optimizer] (the runs of step 1 also `tuning`: they choose a setting, they are not results).
@@ -95,8 +97,18 @@ def check_config(cfg: dict) -> dict:
         for lr in cfg[key] or []:
             if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
                 raise UserError(f"{key} must be positive numbers, got {lr!r}")
-    if cfg["lstm_lrs"] and "lstm" not in optimizers:
-        raise UserError("lstm_lrs is set but lstm is not among the optimizers")
+    for key in ("lstm_lrs", "lopt_candidates"):
+        if cfg[key] and "lstm" not in optimizers:
+            raise UserError(f"{key} is set but lstm is not among the optimizers")
+    candidates = cfg["lopt_candidates"] or []
+    if candidates and cfg["lopt"]:
+        raise UserError("give either lopt (one learned optimizer) or lopt_candidates (chosen among on the tuning "
+                        "seeds), not both")
+    stems = [Path(str(c)).stem for c in candidates]
+    if len(set(stems)) != len(stems):
+        raise UserError(f"lopt_candidates must have distinct file names (their runs are named by them): {candidates}")
+    if cfg["tune_only"] and any(cfg.get(action) for action in ("sweep", "job", "report")):
+        raise UserError("tune_only runs the tuning stage on this machine: not with --sweep, --job or --report")
     if cfg["tune_on"] not in TUNE_ON:
         raise UserError(f"tune_on must be one of {', '.join(TUNE_ON)}, got {cfg['tune_on']!r}")
     if cfg["steps"] <= 0:
@@ -111,14 +123,16 @@ def check_config(cfg: dict) -> dict:
     if "lstm" in optimizers:
         from metaopt.optim import load_lopt
 
-        load_lopt(cfg["lopt"])  # fail now, not after an hour of Adam runs
+        for lopt in candidates or [cfg["lopt"]]:
+            load_lopt(lopt)  # fail now, not after an hour of Adam runs
     return {"seeds": seeds, "tune_seeds": tune_seeds, "codec": codec_cfg}
 
 
-def codec_config(cfg: dict, optimizer: str, lr, seed: int, tags: tuple[str, ...] = ()) -> dict:
+def codec_config(cfg: dict, optimizer: str, lr, seed: int, tags: tuple[str, ...] = (), lopt=None) -> dict:
+    """One run's codec.train config; `lopt` (a candidate file) overrides cfg's learned optimizer."""
     steps = cfg["steps"]
     return default_config(**{k: cfg[k] for k in CODEC_KEYS}, optimizer=optimizer, lr=lr, seed=seed,
-                          lopt=cfg["lopt"], steps=steps, val_every=steps, checkpoint_every=max(1, steps // 10),
+                          lopt=lopt or cfg["lopt"], steps=steps, val_every=steps, checkpoint_every=max(1, steps // 10),
                           eval_at_end=False, group=cfg["group"], tags=list(tags))
 
 
@@ -129,7 +143,7 @@ def meta_horizon(cfg: dict) -> int | None:
         return None
     from metaopt.optim import load_lopt
 
-    meta = load_lopt(cfg["lopt"])[1].get("meta", {})
+    meta = load_lopt(cfg["lopt"] or (cfg["lopt_candidates"] or [None])[0])[1].get("meta", {})
     horizon = meta.get("horizon") or meta.get("config", {}).get("horizon_max")
     return int(horizon) if horizon else None
 
@@ -189,33 +203,43 @@ def lr_tag(lr) -> str:
     return "default" if lr is None else f"{lr:g}"
 
 
+def setting_tag(lopt, lr) -> str:
+    """A tuned setting's name in run directories and the summary: `lr<lr>`, or `<candidate file>-lr<lr>`."""
+    return f"lr{lr_tag(lr)}" if lopt is None else f"{Path(str(lopt)).stem}-lr{lr_tag(lr)}"
+
+
+def tuning_grids(cfg: dict) -> dict[str, list[tuple]]:
+    """optimizer -> the settings its tuning runs try, each (learned optimizer file or None, lr): Adam's LRs; the
+    LSTM's candidate files x its LRs (each file's stored step where `lstm_lrs` is empty), when either is set."""
+    grids = {"adam": [(None, lr) for lr in cfg["adam_lrs"]]}
+    if cfg["lstm_lrs"] or cfg["lopt_candidates"]:
+        grids["lstm"] = [(lopt, lr) for lopt in (cfg["lopt_candidates"] or [None]) for lr in (cfg["lstm_lrs"] or [None])]
+    return grids
+
+
 def tuning_jobs(cfg: dict, run_dir: Path) -> list[tuple[Path, dict]]:
-    """Adam (and the LSTM when `lstm_lrs` is set) at every LR of its grid and every tuning seed."""
+    """Every tuned optimizer at every setting of its grid and every tuning seed."""
     plan = check_config(cfg)
-    return [(run_dir / "tune" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}",
-             codec_config(cfg, optimizer, lr, seed, tags=("tuning",)))
-            for optimizer, grid in tuning_grids(cfg).items() for lr in grid for seed in plan["tune_seeds"]]
+    return [(run_dir / "tune" / f"{optimizer}-{setting_tag(lopt, lr)}-s{seed}",
+             codec_config(cfg, optimizer, lr, seed, tags=("tuning",), lopt=lopt))
+            for optimizer, grid in tuning_grids(cfg).items() for lopt, lr in grid for seed in plan["tune_seeds"]]
 
 
-def tuning_grids(cfg: dict) -> dict[str, list]:
-    return {"adam": cfg["adam_lrs"], **({"lstm": cfg["lstm_lrs"]} if cfg["lstm_lrs"] else {})}
-
-
-def tuned_lrs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, tuple[dict, float]]:
-    """optimizer -> (its LR-grid results, the chosen LR) from the finished tuning runs' final rows."""
+def tuned_lrs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, tuple[dict, tuple]]:
+    """optimizer -> (its grid's results by setting name, the chosen (file, lr)) from the finished tuning runs."""
     plan = check_config(cfg)
     return {optimizer: tune_lr(cfg, plan, run_dir, optimizer, grid, tuning_rows)
             for optimizer, grid in tuning_grids(cfg).items()}
 
 
 def reported_runs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, dict[int, tuple[Path, dict]]]:
-    """optimizer -> seed -> (run directory, config): every optimizer x reported seed, tuned ones at their LR."""
+    """optimizer -> seed -> (run directory, config): every optimizer x reported seed, tuned ones at their setting."""
     plan, tuned = check_config(cfg), tuned_lrs(cfg, run_dir, tuning_rows)
     runs = {}
     for optimizer in cfg["optimizers"]:
-        lr = tuned[optimizer][1] if optimizer in tuned else None
-        runs[optimizer] = {seed: (run_dir / "runs" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}",
-                                  codec_config(cfg, optimizer, lr, seed)) for seed in plan["seeds"]}
+        lopt, lr = tuned[optimizer][1] if optimizer in tuned else (None, None)
+        runs[optimizer] = {seed: (run_dir / "runs" / f"{optimizer}-{setting_tag(lopt, lr)}-s{seed}",
+                                  codec_config(cfg, optimizer, lr, seed, lopt=lopt)) for seed in plan["seeds"]}
     return runs
 
 
@@ -243,32 +267,57 @@ def run_compare(cfg: dict, run_dir: Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     with worker_pool(cfg["workers"]) as pool:
         tuning_rows = run_all(tuning_jobs(cfg, run_dir), cfg["group"], pool)
+        if cfg["tune_only"]:
+            return tuning_report(cfg, run_dir, tuning_rows)
         run_all(reported_jobs(cfg, run_dir, tuning_rows), cfg["group"], pool)
     return report(cfg, run_dir, tuning_rows)
 
 
-def tune_lr(cfg: dict, plan: dict, run_dir: Path, optimizer: str, grid: list,
-            rows: dict[Path, dict]) -> tuple[dict, float]:
+def tuning_report(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict:
+    """`tune_only`: the tuning stage's outcome (tuning.json, and report.md with its tables), no reported run: how
+    candidates are screened without spending a fresh seed."""
+    tuned = tuned_lrs(cfg, run_dir, tuning_rows)
+    outcome = {"tune_only": True, "steps": cfg["steps"], "tune_seeds": parse_seeds(cfg["tune_seeds"]),
+               "tuning_criterion": TUNE_ON[cfg["tune_on"]],
+               "task": {key: cfg[key] for key in ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_size")},
+               **{f"{opt}_lr_grid": grid for opt, (grid, _) in tuned.items()},
+               **{f"tuned_{opt}_lr": lr for opt, (_, (_, lr)) in tuned.items()},
+               **{f"tuned_{opt}_lopt": lopt for opt, (_, (lopt, _)) in tuned.items() if lopt is not None}}
+    (run_dir / "tuning.json").write_text(json.dumps(outcome, indent=2, default=str))
+    lines = ["# Tuning stage only", "", f"T = {cfg['steps']} steps. Criterion: {outcome['tuning_criterion']}.", "",
+             f"Tuning seeds {outcome['tune_seeds']} (means over them; a setting that diverged on any is out).", ""]
+    for opt in tuned:
+        lines += [f"## {opt}", "", *_lr_grid_table(outcome, opt), ""]
+    (run_dir / "report.md").write_text("\n".join(lines))
+    return outcome
+
+
+def tune_lr(cfg: dict, plan: dict, run_dir: Path, optimizer: str, grid: list[tuple],
+            rows: dict[Path, dict]) -> tuple[dict, tuple]:
     """From the finished tuning runs of `optimizer` (final `rows` by run directory), return
-    ({lr: tuning results}, best lr). Best = lowest mean `tune_on` loss over the tuning seeds among the LRs that
-    diverged on none."""
-    tuning = {}
-    for lr in grid:
+    ({setting name: tuning results}, best (file, lr)). Best = lowest mean `tune_on` loss over the tuning seeds among
+    the settings that diverged on none. A setting is named by its lr alone unless it names a candidate file."""
+    tuning, scores = {}, {}
+    for lopt, lr in grid:
         train_losses, val_losses = [], []
         for seed in plan["tune_seeds"]:
-            path = run_dir / "tune" / f"{optimizer}-lr{lr_tag(lr)}-s{seed}"
+            path = run_dir / "tune" / f"{optimizer}-{setting_tag(lopt, lr)}-s{seed}"
             row = rows[path]
             train_losses.append(tail_loss(path))
             val_losses.append(row["val_loss"] if _finite(row.get("val_loss")) else math.inf)
-        tuning[lr] = {"train_loss": float(np.mean(train_losses)), "val_loss": float(np.mean(val_losses)),
-                      "diverged": sum(not math.isfinite(x) for x in train_losses)}
-    best_lr = min(tuning, key=lambda lr: tuning[lr][cfg["tune_on"]] if not tuning[lr]["diverged"] else math.inf)
-    if not math.isfinite(tuning[best_lr][cfg["tune_on"]]):
-        raise UserError(f"every {optimizer} learning rate of its grid {grid} diverged; widen the grid")
-    return tuning, best_lr
+        name = lr_tag(lr) if lopt is None else setting_tag(lopt, lr)
+        tuning[name] = {"train_loss": float(np.mean(train_losses)), "val_loss": float(np.mean(val_losses)),
+                        "diverged": sum(not math.isfinite(x) for x in train_losses)}
+        scores[(lopt, lr)] = tuning[name][cfg["tune_on"]] if not tuning[name]["diverged"] else math.inf
+    best = min(scores, key=scores.get)
+    if not math.isfinite(scores[best]):
+        raise UserError(f"every {optimizer} setting of its grid {[setting_tag(*x) for x in grid]} diverged; "
+                        "widen the grid")
+    for (lopt, lr), entry in zip(grid, tuning.values()):
+        entry["chosen"] = (lopt, lr) == best
+    return tuning, best
 
 
-# -- analysis ------------------------------------------------------------------------------------------
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -327,7 +376,7 @@ def _ratio(a: float, b: float) -> float | None:
 
 def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuned: dict[str, tuple[dict, float]],
               horizon: int | None) -> dict:
-    """`tuned`: optimizer -> (its LR-grid results, the chosen LR), as `tune_lr` returns them."""
+    """`tuned`: optimizer -> (its grid's results, the chosen (file, lr)), as `tune_lr` returns them."""
     # Every statistic reads the *smoothed* curve: one logged window is a 10-step mean over random crops and
     # scatters by ~+-15% around the trend, enough for a single lucky window to "reach" a target hundreds of
     # steps early. The trailing mean over `smooth` windows keeps steps-to-target about the trend.
@@ -377,8 +426,9 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuned: dict[str, tupl
     return {
         "steps": T, "seeds": sorted(int(s) for s in next(iter(per_opt.values()))["seeds"]),
         "meta_training_horizon": horizon, "report_steps": checkpoints,
-        **{f"{opt}_lr_grid": {lr_tag(lr): v for lr, v in grid.items()} for opt, (grid, _) in tuned.items()},
-        **{f"tuned_{opt}_lr": best for opt, (_, best) in tuned.items()},
+        **{f"{opt}_lr_grid": grid for opt, (grid, _) in tuned.items()},
+        **{f"tuned_{opt}_lr": lr for opt, (_, (_, lr)) in tuned.items()},
+        **{f"tuned_{opt}_lopt": lopt for opt, (_, (lopt, _)) in tuned.items() if lopt is not None},
         "tuning_criterion": TUNE_ON[cfg["tune_on"]],
         "target_loss": target, "smooth_windows": k,
         "target_definition": f"mean over the non-diverged seeds of tuned Adam's training loss at T (every curve "
@@ -454,10 +504,9 @@ def _fmt(v, digits=4) -> str:
 
 
 def _lr_grid_table(summary: dict, optimizer: str) -> list[str]:
-    best = summary[f"tuned_{optimizer}_lr"]
-    return ["| lr | training loss (last 10%) | validation loss | diverged |", "|---|---|---|---|"] + [
-        f"| {lr}{' **(best)**' if float(lr) == best else ''} | {_fmt(v['train_loss'])} | {_fmt(v['val_loss'])} | "
-        f"{v['diverged']} |" for lr, v in summary[f"{optimizer}_lr_grid"].items()]
+    return ["| setting | training loss (last 10%) | validation loss | diverged |", "|---|---|---|---|"] + [
+        f"| {name}{' **(best)**' if v['chosen'] else ''} | {_fmt(v['train_loss'])} | {_fmt(v['val_loss'])} | "
+        f"{v['diverged']} |" for name, v in summary[f"{optimizer}_lr_grid"].items()]
 
 
 def report_markdown(summary: dict) -> str:
@@ -468,7 +517,7 @@ def report_markdown(summary: dict) -> str:
              f"Tuning seeds {summary['tune_seeds']} (means over them; an LR that diverged on any is out).", "",
              *_lr_grid_table(summary, "adam")]
     if "lstm_lr_grid" in summary:
-        lines += ["", "LSTM nominal step, tuned by the same rule on the same seeds:", "",
+        lines += ["", "LSTM nominal step (and file, among candidates), tuned by the same rule on the same seeds:", "",
                   *_lr_grid_table(summary, "lstm")]
     lines += ["", f"Target loss (tuned Adam's mean training loss at T, non-diverged seeds; curves smoothed over "
               f"{summary['smooth_windows']} logged windows): **{_fmt(summary['target_loss'])}**", "",

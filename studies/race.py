@@ -273,7 +273,7 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuning: dict[str, tup
         grid, lr = tuning[contender]
         contenders[contender] = {
             "optimizer": parse_contender(contender)[0], "lr_schedule": parse_contender(contender)[1],
-            "tuned_lr": lr, "lr_grid": {lr_tag(k): v for k, v in grid.items()},
+            "tuned_lr": lr, "lr_grid": grid,
             "median_seconds_to_target": _median([s["seconds_to_target"] for s in seeds.values()]),
             "median_final_rd_loss": _median(finals[contender]), "per_mark": per_mark, "seeds": seeds}
     best_seconds = contenders[best]["median_seconds_to_target"]
@@ -420,8 +420,9 @@ def tuning_jobs(cfg: dict, run_dir: Path) -> list[tuple[Path, dict]]:
 def tuned_lrs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, tuple[dict, float]]:
     """contender -> (its LR-grid results, the chosen LR) from the finished tuning runs' final rows."""
     plan = check_config(cfg)
-    return {c: tune_lr({"tune_on": "val_loss"}, plan, run_dir, c, cfg["lrs"], tuning_rows)
-            for c in cfg["contenders"]}
+    tuned = {c: tune_lr({"tune_on": "val_loss"}, plan, run_dir, c, [(None, lr) for lr in cfg["lrs"]], tuning_rows)
+             for c in cfg["contenders"]}
+    return {c: (grid, lr) for c, (grid, (_, lr)) in tuned.items()}
 
 
 def reported_runs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, dict[int, tuple[Path, dict]]]:

@@ -71,7 +71,8 @@ def run_study(cfg: dict, study: ModuleType, run_whole: Callable[[dict, Path], di
         run_dir = study_run_dir(cfg, study.__spec__.name.rpartition(".")[2])
         summary = run_whole({**cfg, "run_dir": str(run_dir)}, run_dir)
     print((run_dir / "report.md").read_text())
-    print(f"outputs: {run_dir}/summary.json, report.md, {plot}")
+    outputs = "tuning.json, report.md" if summary and summary.get("tune_only") else f"summary.json, report.md, {plot}"
+    print(f"outputs: {run_dir}/{outputs}")
     return summary
 
 

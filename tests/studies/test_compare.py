@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from metaopt.checkpoint import file_sha256
@@ -81,7 +82,39 @@ def test_lstm_nominal_step_tuned_by_the_same_rule_as_adam(tmp_path, image_folder
     assert summary["lstm_lr_grid"]["0.003"]["train_loss"] == pytest.approx(tail["0.003"])
     rows = read_metrics(out / "runs" / f"lstm-lr{summary['tuned_lstm_lr']:g}-s0" / "metrics.jsonl")
     assert summary["optimizers"]["lstm"]["seeds"]["0"]["final_loss"] == pytest.approx(rows[-1]["loss"])
-    assert "LSTM nominal step, tuned" in (out / "report.md").read_text()
+    assert "LSTM nominal step (and file, among candidates), tuned" in (out / "report.md").read_text()
+
+
+def test_the_learned_optimizer_is_chosen_among_candidates_on_the_tuning_seeds(tmp_path, image_folder, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    candidates = []
+    for name, lr in (("slow", 1e-6), ("fast", 3e-3)):  # the same network; only the stored step differs
+        torch.manual_seed(0)
+        candidates.append(tmp_path / f"{name}.pt")
+        save_lopt(LSTMOptimizerNet(LSTMConfig()), candidates[-1], lr=lr, meta={"horizon": 3})
+    out = tmp_path / "cmp"
+    summary = compare.main(["--run-dir", str(out), "--data", str(image_folder), "--lopt-candidates",
+                            ",".join(map(str, candidates)), "--seeds", "1", "--steps", "6", "--adam-lrs", "1e-3",
+                            "--smooth", "1", *TINY])
+    tail = {name: sum(compare.tail_loss(out / "tune" / f"lstm-{name}-lrdefault-s{s}") for s in (1000, 1001)) / 2
+            for name in ("slow", "fast")}
+    assert tail["fast"] < tail["slow"]  # a step of 1e-6 barely moves the codec in 6 steps
+    assert summary["tuned_lstm_lopt"] == str(candidates[1]) and summary["tuned_lstm_lr"] is None
+    assert summary["lstm_lr_grid"]["fast-lrdefault"]["chosen"] and not summary["lstm_lr_grid"]["slow-lrdefault"]["chosen"]
+    assert summary["learned_optimizer"]["lopt_sha256"] == file_sha256(candidates[1])
+    assert (out / "runs" / "lstm-fast-lrdefault-s0" / "done.json").is_file()
+    assert not list((out / "runs").glob("lstm-slow-*"))
+
+    # the same screen, tuning stage only: the same choice from the same runs, and no reported seed spent
+    screen = tmp_path / "screen"
+    (screen / "tune").mkdir(parents=True)
+    for run in (out / "tune").iterdir():
+        (screen / "tune" / run.name).symlink_to(run)
+    outcome = compare.main(["--run-dir", str(screen), "--data", str(image_folder), "--lopt-candidates",
+                            ",".join(map(str, candidates)), "--seeds", "1", "--steps", "6", "--adam-lrs", "1e-3",
+                            "--smooth", "1", "--tune-only", "--resume", *TINY])
+    assert outcome["tuned_lstm_lopt"] == str(candidates[1]) and outcome["lstm_lr_grid"] == summary["lstm_lr_grid"]
+    assert json.loads((screen / "tuning.json").read_text())["tune_only"] and not (screen / "runs").exists()
 
 
 def test_an_interrupted_compare_skips_finished_runs(tmp_path, image_folder, lopt_file, monkeypatch):
@@ -116,6 +149,10 @@ def test_an_interrupted_compare_skips_finished_runs(tmp_path, image_folder, lopt
     (["--tune-on", "val_psnr"], "tune_on must be one of"),
     (["--workers", "0"], "workers must be a positive integer"),
     (["--lopt", "/nonexistent/lopt.pt"], "not found"),
+    (["--lopt-candidates", "/nonexistent/a.pt"], "not found"),
+    (["--lopt-candidates", "a/x.pt,b/x.pt"], "distinct file names"),
+    (["--lopt-candidates", "a.pt", "--lopt", "b.pt"], "not both"),
+    (["--tune-only", "--sweep", "tune.yaml"], "tune_only runs the tuning stage"),
 ])
 def test_bad_input_fails_before_any_run(tmp_path, capsys, args, message):
     out = tmp_path / "cmp"
@@ -206,9 +243,9 @@ def test_a_diverged_seed_is_flagged_and_kept_out_of_target_means_and_plot(tmp_pa
                      2: fake_run("a2", [9.0, 6.0, 2.0])},
             "lstm": {0: fake_run("l0", [9.0, 3.0, 2.5]), 1: fake_run("l1", [9.0, 4.0, 3.5]),
                      2: fake_run("l2", [9.0, 2.0, 1.5])}}
-    tuning = {1e-3: {"train_loss": 3.0, "val_loss": 4.0, "diverged": 0}}
+    tuning = {"0.001": {"train_loss": 3.0, "val_loss": 4.0, "diverged": 0, "chosen": True}}
     summary = compare.summarize({"steps": 30, "tune_seeds": [1000], "tune_on": "train_loss"}, runs,
-                                {"adam": (tuning, 1e-3)}, horizon=None)
+                                {"adam": (tuning, (None, 1e-3))}, horizon=None)
     adam, lstm = summary["optimizers"]["adam"], summary["optimizers"]["lstm"]
     assert summary["target_loss"] == pytest.approx(3.0)  # mean of 4.0 and 2.0: the diverged seed is left out
     assert adam["divergences"] == 1 and adam["seeds"]["1"]["diverged"] and lstm["divergences"] == 0
