@@ -213,7 +213,8 @@ def tuning_grids(cfg: dict) -> dict[str, list[tuple]]:
     LSTM's candidate files x its LRs (each file's stored step where `lstm_lrs` is empty), when either is set."""
     grids = {"adam": [(None, lr) for lr in cfg["adam_lrs"]]}
     if cfg["lstm_lrs"] or cfg["lopt_candidates"]:
-        grids["lstm"] = [(lopt, lr) for lopt in (cfg["lopt_candidates"] or [None]) for lr in (cfg["lstm_lrs"] or [None])]
+        grids["lstm"] = [(lopt, lr) for lopt in (cfg["lopt_candidates"] or [None])
+                         for lr in (cfg["lstm_lrs"] or [None])]
     return grids
 
 
@@ -247,12 +248,16 @@ def reported_jobs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> li
     return [job for by_seed in reported_runs(cfg, run_dir, tuning_rows).values() for job in by_seed.values()]
 
 
+def task_settings(cfg: dict) -> dict:
+    return {key: cfg[key] for key in ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_size")}
+
+
 def report(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict:
     """Summary and outputs of a study whose runs are all finished."""
     runs = {optimizer: {seed: path for seed, (path, _) in by_seed.items()}
             for optimizer, by_seed in reported_runs(cfg, run_dir, tuning_rows).items()}
     summary = summarize(cfg, runs, tuned_lrs(cfg, run_dir, tuning_rows), meta_horizon(cfg))
-    summary["task"] = {key: cfg[key] for key in ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_size")}
+    summary["task"] = task_settings(cfg)
     if "lstm" in runs:
         summary["learned_optimizer"] = _resolved(next(iter(runs["lstm"].values())))
     write_outputs(cfg, run_dir, summary, runs)
@@ -279,7 +284,7 @@ def tuning_report(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> di
     tuned = tuned_lrs(cfg, run_dir, tuning_rows)
     outcome = {"tune_only": True, "steps": cfg["steps"], "tune_seeds": parse_seeds(cfg["tune_seeds"]),
                "tuning_criterion": TUNE_ON[cfg["tune_on"]],
-               "task": {key: cfg[key] for key in ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_size")},
+               "task": task_settings(cfg),
                **{f"{opt}_lr_grid": grid for opt, (grid, _) in tuned.items()},
                **{f"tuned_{opt}_lr": lr for opt, (_, (_, lr)) in tuned.items()},
                **{f"tuned_{opt}_lopt": lopt for opt, (_, (lopt, _)) in tuned.items() if lopt is not None}}

@@ -331,8 +331,9 @@ def compares_section(results: Path) -> list[str]:
         if "ratios_vs_adam" in summary:  # a compare's (other tools may write a summary.json too)
             rows += [[f"[{link}](results/{link}/)", "summary.json", r] for r in compare_rows_from_summary(summary)]
     for path in sorted(results.rglob("*report.md")):
-        if (path.parent / "summary.json").is_file() and path.name == "report.md":
-            continue
+        outcome = any((path.parent / name).is_file() for name in ("summary.json", "tuning.json"))
+        if outcome and path.name == "report.md":
+            continue  # read from its summary.json above, or a tuning stage only (no compare to report)
         link = path.relative_to(results)
         rows += [[f"[{link.stem.removesuffix('_report')}](results/{link})", "report.md", r]
                  for r in compare_rows_from_report(path.read_text())]

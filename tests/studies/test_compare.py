@@ -100,7 +100,8 @@ def test_the_learned_optimizer_is_chosen_among_candidates_on_the_tuning_seeds(tm
             for name in ("slow", "fast")}
     assert tail["fast"] < tail["slow"]  # a step of 1e-6 barely moves the codec in 6 steps
     assert summary["tuned_lstm_lopt"] == str(candidates[1]) and summary["tuned_lstm_lr"] is None
-    assert summary["lstm_lr_grid"]["fast-lrdefault"]["chosen"] and not summary["lstm_lr_grid"]["slow-lrdefault"]["chosen"]
+    grid = summary["lstm_lr_grid"]
+    assert grid["fast-lrdefault"]["chosen"] and not grid["slow-lrdefault"]["chosen"]
     assert summary["learned_optimizer"]["lopt_sha256"] == file_sha256(candidates[1])
     assert (out / "runs" / "lstm-fast-lrdefault-s0" / "done.json").is_file()
     assert not list((out / "runs").glob("lstm-slow-*"))
