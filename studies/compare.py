@@ -323,6 +323,7 @@ def tune_lr(cfg: dict, plan: dict, run_dir: Path, optimizer: str, grid: list[tup
     return tuning, best
 
 
+# -- analysis ------------------------------------------------------------------------------------------
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -379,7 +380,7 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b and not math.isinf(b) else None
 
 
-def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuned: dict[str, tuple[dict, float]],
+def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuned: dict[str, tuple[dict, tuple]],
               horizon: int | None) -> dict:
     """`tuned`: optimizer -> (its grid's results, the chosen (file, lr)), as `tune_lr` returns them."""
     # Every statistic reads the *smoothed* curve: one logged window is a 10-step mean over random crops and

@@ -420,9 +420,9 @@ def tuning_jobs(cfg: dict, run_dir: Path) -> list[tuple[Path, dict]]:
 def tuned_lrs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, tuple[dict, float]]:
     """contender -> (its LR-grid results, the chosen LR) from the finished tuning runs' final rows."""
     plan = check_config(cfg)
-    grid = [(None, lr) for lr in cfg["lrs"]]
-    tuned = {c: tune_lr({"tune_on": "val_loss"}, plan, run_dir, c, grid, tuning_rows) for c in cfg["contenders"]}
-    return {c: (grid, lr) for c, (grid, (_, lr)) in tuned.items()}
+    settings = [(None, lr) for lr in cfg["lrs"]]
+    tuned = {c: tune_lr({"tune_on": "val_loss"}, plan, run_dir, c, settings, tuning_rows) for c in cfg["contenders"]}
+    return {c: (results, lr) for c, (results, (_, lr)) in tuned.items()}
 
 
 def reported_runs(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict[str, dict[int, tuple[Path, dict]]]:
