@@ -278,6 +278,13 @@ def run_compare(cfg: dict, run_dir: Path) -> dict:
     return report(cfg, run_dir, tuning_rows)
 
 
+def tuning_fields(tuned: dict[str, tuple[dict, tuple]]) -> dict:
+    """What summary.json and tuning.json record of `tuned_lrs`: each grid's results, the chosen lr and file."""
+    return {**{f"{opt}_lr_grid": grid for opt, (grid, _) in tuned.items()},
+            **{f"tuned_{opt}_lr": lr for opt, (_, (_, lr)) in tuned.items()},
+            **{f"tuned_{opt}_lopt": lopt for opt, (_, (lopt, _)) in tuned.items() if lopt is not None}}
+
+
 def tuning_report(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> dict:
     """`tune_only`: the tuning stage's outcome (tuning.json, and report.md with its tables), no reported run: how
     candidates are screened without spending a fresh seed."""
@@ -285,9 +292,7 @@ def tuning_report(cfg: dict, run_dir: Path, tuning_rows: dict[Path, dict]) -> di
     outcome = {"tune_only": True, "steps": cfg["steps"], "tune_seeds": parse_seeds(cfg["tune_seeds"]),
                "tuning_criterion": TUNE_ON[cfg["tune_on"]],
                "task": task_settings(cfg),
-               **{f"{opt}_lr_grid": grid for opt, (grid, _) in tuned.items()},
-               **{f"tuned_{opt}_lr": lr for opt, (_, (_, lr)) in tuned.items()},
-               **{f"tuned_{opt}_lopt": lopt for opt, (_, (lopt, _)) in tuned.items() if lopt is not None}}
+               **tuning_fields(tuned)}
     (run_dir / "tuning.json").write_text(json.dumps(outcome, indent=2, default=str))
     lines = ["# Tuning stage only", "", f"T = {cfg['steps']} steps. Criterion: {outcome['tuning_criterion']}.", "",
              f"Tuning seeds {outcome['tune_seeds']} (means over them; a setting that diverged on any is out).", ""]
@@ -432,9 +437,7 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuned: dict[str, tupl
     return {
         "steps": T, "seeds": sorted(int(s) for s in next(iter(per_opt.values()))["seeds"]),
         "meta_training_horizon": horizon, "report_steps": checkpoints,
-        **{f"{opt}_lr_grid": grid for opt, (grid, _) in tuned.items()},
-        **{f"tuned_{opt}_lr": lr for opt, (_, (_, lr)) in tuned.items()},
-        **{f"tuned_{opt}_lopt": lopt for opt, (_, (lopt, _)) in tuned.items() if lopt is not None},
+        **tuning_fields(tuned),
         "tuning_criterion": TUNE_ON[cfg["tune_on"]],
         "target_loss": target, "smooth_windows": k,
         "target_definition": f"mean over the non-diverged seeds of tuned Adam's training loss at T (every curve "
