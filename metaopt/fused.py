@@ -43,6 +43,15 @@ def linear_rows(rows: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor | Non
     return out
 
 
+def tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh from one exp: 2 sigmoid(2x) - 1, with its Taylor series where that difference would cancel
+    (|x| < 1/8: the first omitted term is below 2e-10). Why not torch.tanh: inductor's vectorised CPU tanh costs
+    about twice an exp, and the coordinate LSTM takes two tanh per unit per coordinate each step (docs/speed.md)."""
+    x2 = x * x
+    series = x * (1 + x2 * (-1 / 3 + x2 * (2 / 15 + x2 * (-17 / 315))))
+    return torch.where(x.abs() < 0.125, series, 2 / (1 + torch.exp(-2 * x)) - 1)
+
+
 class FusedStep:
     """`fused(g, state, lr, params) -> update`: the same update as `net.step(g, state, lr, params=params)[0]`,
     with `state` (an `init_state` dict) advanced *in place*. One instance per network and parameter layout."""
@@ -54,6 +63,10 @@ class FusedStep:
         compile_ = lambda fn: torch.compile(fn, dynamic=False, fullgraph=True, options=compile_options())  # noqa: E731
         if self.cfg.arch == "coordinate":
             self._coordinate = compile_(self._coordinate_loop)
+            # odd: the sign-flipped history's pass is a loop of its own. One loop body holding both passes ran
+            # ~1.7x slower than two loops (docs/speed.md): the state and features re-read from memory cost less
+            # than a body that outgrows the registers and the instruction cache.
+            self._mirrored = compile_(self._mirrored_loop) if self.cfg.odd else None
         else:
             self.sizes = list(sizes)
             # which tensor each coordinate belongs to: the per-tensor offsets are gathered, not repeated
@@ -75,6 +88,9 @@ class FusedStep:
         if self.cfg.arch == "coordinate":
             update = self._coordinate(g, state["m"], state["v"], state["h"], state["c"], one_minus, c1, c2, lr, params,
                                       progress)
+            if self.cfg.odd:  # `update` is the raw output rows of the history as seen
+                update = self._mirrored(update, g, state["m"], state["v"], state["h"], state["c"], c1, c2, lr, params,
+                                        progress)
             state["t"] = t
             return update
         # Per-tensor statistics eagerly, from the compiled features: compiled, each tensor's reductions became kernels
@@ -102,8 +118,8 @@ class FusedStep:
             inp = []
             for j in range(H):
                 i, f, g_, o = (gates[k * H + j] for k in range(4))
-                c_j = torch.sigmoid(f) * c[layer * H + j] + torch.sigmoid(i) * torch.tanh(g_)
-                inp.append(torch.sigmoid(o) * torch.tanh(c_j))
+                c_j = torch.sigmoid(f) * c[layer * H + j] + torch.sigmoid(i) * tanh(g_)
+                inp.append(torch.sigmoid(o) * tanh(c_j))
                 cs.append(c_j)
             hs.extend(inp)
         h.copy_(torch.stack(hs))
@@ -111,16 +127,21 @@ class FusedStep:
         return linear_rows(inp, net.out_w, net.out_b)
 
     def _coordinate_loop(self, g, m, v, h, c, one_minus, c1, c2, lr, params, progress):
-        net = self.net
+        """Moments in place, the coordinate LSTM on the history as seen -> the update, or (`odd`) the raw output
+        rows [O, P], the LSTM's state in the first half of the columns of h, c (LSTMOptimizerNet.step)."""
         inp, directions = self._moments_and_features(g, m, v, one_minus, c1, c2, params, progress)
         if not self.cfg.odd:
-            raw = self._lstm_rows(inp, h, c)
-        else:  # the sign-flipped history too, in the second half of the state columns (LSTMOptimizerNet.step)
-            P = g.shape[0]
-            seen = self._lstm_rows(inp, h[:, :P], c[:, :P])
-            mirrored = self._lstm_rows(net.feature_rows(-g, -m, v, c1, c2, params, progress)[0], h[:, P:], c[:, P:])
-            raw = net.fold_mirrored(torch.stack(seen), torch.stack(mirrored))
-        return -lr * net.head(raw, directions)
+            return -lr * self.net.head(self._lstm_rows(inp, h, c), directions)
+        P = g.shape[0]
+        return torch.stack(self._lstm_rows(inp, h[:, :P], c[:, :P]))
+
+    def _mirrored_loop(self, seen, g, m, v, h, c, c1, c2, lr, params, progress):
+        """`odd`: the coordinate LSTM on the sign-flipped history (second half of the state columns), folded with
+        the raw rows `seen` -> the update."""
+        net, P = self.net, g.shape[0]
+        directions = net.feature_rows(g, m, v, c1, c2, params, progress)[1]
+        mirrored = self._lstm_rows(net.feature_rows(-g, -m, v, c1, c2, params, progress)[0], h[:, P:], c[:, P:])
+        return -lr * net.head(net.fold_mirrored(seen, torch.stack(mirrored)), directions)
 
     def _features_loop(self, g, m, v, one_minus, c1, c2, params, progress):
         """Moments in place, and the feature rows [F, P] the per-tensor statistics are taken over (`odd`: also those
