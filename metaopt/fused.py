@@ -45,8 +45,9 @@ def linear_rows(rows: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor | Non
 
 def tanh(x: torch.Tensor) -> torch.Tensor:
     """tanh from one exp: 2 sigmoid(2x) - 1, with its Taylor series where that difference would cancel
-    (|x| < 1/8: the first omitted term is below 2e-10). Why not torch.tanh: inductor's vectorised CPU tanh costs
-    about twice an exp, and the coordinate LSTM takes two tanh per unit per coordinate each step (docs/speed.md)."""
+    (|x| < 1/8, where the first omitted term is far below float32 rounding). Why not torch.tanh: inductor's
+    vectorised CPU tanh costs more than an exp, and the coordinate LSTM takes two per unit and coordinate each step
+    (docs/speed.md)."""
     x2 = x * x
     series = x * (1 + x2 * (-1 / 3 + x2 * (2 / 15 + x2 * (-17 / 315))))
     return torch.where(x.abs() < 0.125, series, 2 / (1 + torch.exp(-2 * x)) - 1)
@@ -64,8 +65,7 @@ class FusedStep:
         if self.cfg.arch == "coordinate":
             self._coordinate = compile_(self._coordinate_loop)
             # odd: the sign-flipped history's pass is a loop of its own. One loop body holding both passes ran
-            # ~1.7x slower than two loops (docs/speed.md): the state and features re-read from memory cost less
-            # than a body that outgrows the registers and the instruction cache.
+            # slower than two loops, though they re-read the state and features from memory (docs/speed.md).
             self._mirrored = compile_(self._mirrored_loop) if self.cfg.odd else None
         else:
             self.sizes = list(sizes)

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from metaopt.fused import FusedStep
+from metaopt.fused import FusedStep, tanh
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state
 
-# float32; the fused loops reassociate sums and use the compiler's vectorised exp/tanh, so agreement is to
-# float32 rounding over a few steps, not bitwise.
+# float32; the fused loops reassociate sums, use the compiler's vectorised exp and take tanh from exp, so agreement
+# is to float32 rounding over a few steps, not bitwise.
 RTOL, ATOL = 1e-5, 1e-7
 
 
@@ -43,3 +43,12 @@ def test_fused_step_equals_eager_step(arch, layers, output, features, odd, mlp_h
             for key in ("m", "v", "h", "c"):
                 torch.testing.assert_close(fused_state[key], eager_state[key], rtol=RTOL, atol=ATOL)
         assert update.abs().max() > 0
+
+
+def test_tanh_from_exp_is_accurate_to_float32_rounding_near_zero_and_saturates_far_out():
+    x = torch.cat([torch.linspace(-12, 12, 200_001), torch.tensor([1e-30, -1e-20, 0.0, 0.125, -0.125, 1e4, -1e4])])
+    exact = torch.tanh(x.double())
+    got = tanh(x).double()
+    assert (got - exact).abs().max() < 2e-7
+    assert ((got - exact).abs() / exact.abs().clamp_min(1e-38)).max() < 2e-6  # no cancellation where tanh is tiny
+    assert tanh(torch.tensor([float("inf"), -float("inf")])).tolist() == [1.0, -1.0]
