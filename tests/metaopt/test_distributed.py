@@ -124,7 +124,8 @@ def test_a_killed_process_stops_the_job_and_resume_continues_exactly(tmp_path):
     assert time.time() - killed_at < 30  # the surviving rank fails in its next collective; torchrun stops it
 
     step = torch.load(run / "checkpoint.pt", weights_only=False)["meta_step"]
-    subprocess.run(torchrun(*args, "--meta-steps", str(step + 3), "--run-dir", str(run), "--resume"), env=ENV,
-                   check=True, capture_output=True, timeout=300)
+    resumed = subprocess.run(torchrun(*args, "--meta-steps", str(step + 3), "--run-dir", str(run), "--resume"),
+                             env=ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]  # what failed, if it does
     main(args + ["--meta-steps", str(step + 3), "--tasks-per-step", "2", "--run-dir", str(tmp_path / "reference")])
     _assert_same_training(run, tmp_path / "reference")
