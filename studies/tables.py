@@ -28,6 +28,9 @@ LONG_RUNS = [  # (folder under docs/results, what ran there; the numbers come fr
     ("ablation/long100x_lr1e-3-b_lr2e-3",
      "`lopt.pt` at its stored step 2e-3, 2-core CPU, compiled step, runs sharing the cores"),
     ("ablation/gpu/long100x_lr1e-3-b", "`lopt.pt`'s weights at step 1.4e-3 (stored then), one H200 shared by all runs"),
+    ("lopt-v5/long100x-rmse-v1", "`lopt.pt` at 2e-3 on the RMSE compare task (photos 037–045), compiled step, 2-core "
+                                 "CPU, beside the Adam run below"),
+    ("lopt-v5/long100x-rmse-adam", "Adam at 2e-4 (tuned at T = 1000) on the same task, beside the run above"),
 ]
 LATE_FROM_WINDOW = 3  # logged every 50 steps: ratios of window i+1 to i from step 200 on, past the warm-up transients
 
