@@ -8,6 +8,9 @@ truncated_pes.py), so meta-training drives either without knowing which: `init_s
   to how an update changes the losses of later truncations, which favours greedy optimizers (docs/ablation.md).
 * `TruncatedPES` runs antithetic particles forward through it (`metaopt.pes`): unbiased for the whole inner run,
   at the price of variance and 2 x pairs forward unrolls per truncation.
+* `Imitation` is not a meta-gradient: the gradient of how far the network's updates are from a given learned
+  optimizer's over the truncation (`metaopt.imitation`), which moves the inner run. It distils a costly optimizer
+  into a cheaper network.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from typing import Callable
 import torch
 
 from metaopt.errors import UserError
+from metaopt.imitation import ImitationState, imitate, start_imitation
 from metaopt.lstm import LSTMOptimizerNet
 from metaopt.pes import Particles, pes_step, start_particles
 from metaopt.unroll import TaskState, unroll
@@ -66,7 +70,7 @@ class GradientEstimator:
 
     def check_saved(self, saved: dict) -> None:
         """UserError unless `saved` is what this kind of estimator's `state_dict` writes."""
-        kind = "pes" if "particles" in saved else "bptt"
+        kind = "pes" if "particles" in saved else "imitate" if "teacher_state" in saved else "bptt"
         if kind != self.name:
             raise UserError(f"the checkpoint's run in flight was estimated with meta_gradient {kind}, not {self.name}")
 
@@ -112,3 +116,33 @@ class TruncatedPES(GradientEstimator):
     def load_state(self, saved: dict, restore: Callable[[dict], TaskState]) -> Particles:
         states = [restore(s) for s in saved["particles"]]
         return Particles(states, saved["xi"].to(states[0].params[0].device))
+
+
+class Imitation(GradientEstimator):
+    name = "imitate"
+
+    def __init__(self, *args, teacher: LSTMOptimizerNet, teacher_lr: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.teacher_lr = teacher.requires_grad_(False), teacher_lr
+
+    def init_state(self, ts: TaskState, net: LSTMOptimizerNet) -> ImitationState:
+        self.teacher.to(ts.params[0].device)
+        return start_imitation(ts, self.teacher)
+
+    def estimate(self, net: LSTMOptimizerNet, state: ImitationState, seed: int) -> Estimate:
+        loss, next_state, stats = imitate(net, self.teacher, self.teacher_lr, state, self.unroll, self.lr,
+                                          self.chunk_size)
+        params = list(net.parameters())
+        finite = stats["finite"] and torch.isfinite(loss).item()
+        grads = list(torch.autograd.grad(loss, params)) if finite else [torch.zeros_like(p) for p in params]
+        finite = finite and all(torch.isfinite(g).all().item() for g in grads)
+        return Estimate(grads, loss.item(), next_state, stats["inner_loss"], finite)
+
+    def state_dict(self, state: ImitationState) -> dict:
+        return {"run": state.run.state_dict(), "teacher_state": state.teacher_state}
+
+    def load_state(self, saved: dict, restore: Callable[[dict], TaskState]) -> ImitationState:
+        run = restore(saved["run"])
+        self.teacher.to(run.params[0].device)
+        move = lambda x: x.to(run.params[0].device) if torch.is_tensor(x) else x  # noqa: E731
+        return ImitationState(run, {k: move(v) for k, v in saved["teacher_state"].items()})

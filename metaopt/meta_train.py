@@ -37,10 +37,10 @@ from metaopt.checkpoint import atomic_save, load, rng_state, seed_everything, se
 from metaopt.config import parse_config
 from metaopt.distributed import World
 from metaopt.errors import UserError, cli_entry
-from metaopt.estimators import GradientEstimator, TruncatedBPTT, TruncatedPES
+from metaopt.estimators import GradientEstimator, Imitation, TruncatedBPTT, TruncatedPES
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
 from metaopt.memory import pin_mmap_threshold
-from metaopt.optim import LSTMOptimizer, lopt_blob
+from metaopt.optim import LSTMOptimizer, load_lopt, lopt_blob
 from metaopt.pes import Particles
 from metaopt.tracking import Run
 from metaopt.unroll import TaskState, start_task
@@ -76,14 +76,19 @@ def build_estimator(cfg: dict) -> GradientEstimator:
                   correction_penalty=cfg["correction_penalty"], chunk_size=cfg["chunk_size"])
     if cfg["meta_gradient"] == "pes":
         return TruncatedPES(pairs=cfg["pes_pairs"], sigma=cfg["pes_sigma"], **common)
+    if cfg["meta_gradient"] == "imitate":
+        teacher, blob = load_lopt(cfg["teacher"])
+        return Imitation(teacher=teacher, teacher_lr=blob["lr"], **common)
     return TruncatedBPTT(second_order=cfg["second_order"], **common)
 
 
 def check_config(cfg: dict) -> None:
     if cfg["meta_loss"] not in ("log", "mean"):
         raise UserError(f"meta_loss must be log or mean, got {cfg['meta_loss']!r}")
-    if cfg["meta_gradient"] not in ("bptt", "pes"):
-        raise UserError(f"meta_gradient must be bptt or pes, got {cfg['meta_gradient']!r}")
+    if cfg["meta_gradient"] not in ("bptt", "pes", "imitate"):
+        raise UserError(f"meta_gradient must be bptt, pes or imitate, got {cfg['meta_gradient']!r}")
+    if cfg["meta_gradient"] == "imitate" and not cfg["teacher"]:
+        raise UserError("meta_gradient imitate needs --teacher LOPT_FILE, the learned optimizer to imitate")
     if cfg["meta_gradient"] == "pes" and not (cfg["pes_pairs"] >= 1 and cfg["pes_sigma"] > 0):
         raise UserError("pes needs pes_pairs >= 1 and pes_sigma > 0")
     if cfg["tasks_per_step"] < 1 or cfg["val_tasks"] < 1:

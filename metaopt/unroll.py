@@ -72,7 +72,7 @@ def start_task(task: Task, net: LSTMOptimizerNet, horizon: int, loss_scale: floa
                      init_loss, loss_scale)
 
 
-def _aux_adam(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
+def aux_adam(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
     """A plain Adam step on the aux params, outside the meta-graph (returns new detached leaves)."""
     t = state["t"] + 1
     new, ms, vs = [], [], []
@@ -125,7 +125,7 @@ def unroll(net: LSTMOptimizerNet, ts: TaskState, K: int, lr: float, meta_loss: s
         aux_loss = task.aux_loss(fmodel) if aux_idx else None
         if aux_loss is not None:
             aux_params = [params[i] for i in aux_idx]
-            aux_new, aux_state = _aux_adam(aux_params, torch.autograd.grad(aux_loss, aux_params), aux_state,
+            aux_new, aux_state = aux_adam(aux_params, torch.autograd.grad(aux_loss, aux_params), aux_state,
                                            task.aux_lr)
             for i, p in zip(aux_idx, aux_new):
                 new_params[i] = p
