@@ -121,9 +121,9 @@ class TruncatedPES(GradientEstimator):
 class Imitation(GradientEstimator):
     name = "imitate"
 
-    def __init__(self, *args, teacher: LSTMOptimizerNet, teacher_lr: float, **kwargs):
+    def __init__(self, *args, teacher: LSTMOptimizerNet, teacher_lr: float, drive: str = "teacher", **kwargs):
         super().__init__(*args, **kwargs)
-        self.teacher, self.teacher_lr = teacher.requires_grad_(False), teacher_lr
+        self.teacher, self.teacher_lr, self.drive = teacher.requires_grad_(False), teacher_lr, drive
 
     def init_state(self, ts: TaskState, net: LSTMOptimizerNet) -> ImitationState:
         self.teacher.to(ts.params[0].device)
@@ -131,7 +131,7 @@ class Imitation(GradientEstimator):
 
     def estimate(self, net: LSTMOptimizerNet, state: ImitationState, seed: int) -> Estimate:
         loss, next_state, stats = imitate(net, self.teacher, self.teacher_lr, state, self.unroll, self.lr,
-                                          self.chunk_size)
+                                          self.chunk_size, self.drive)
         params = list(net.parameters())
         finite = stats["finite"] and torch.isfinite(loss).item()
         grads = list(torch.autograd.grad(loss, params)) if finite else [torch.zeros_like(p) for p in params]

@@ -2,10 +2,14 @@
 
 Why: a learned optimizer that saves steps can still lose in seconds if its network is costly per coordinate
 (docs/speed.md). Meta-training a cheaper network from scratch is expensive and need not find the same optimizer;
-imitating the costly one is a supervised problem. The teacher drives the inner run, so the states the student
-learns on are the teacher's (behaviour cloning); the student sees the same gradients, so its own LSTM state follows
-the same history as it will in use, where only the parameter trajectory is its own. The student is trained by
-backpropagating through its own steps over the truncation (its recurrent state), never through the task.
+imitating the costly one is a supervised problem. Who moves the inner run (`drive`):
+* "teacher" (behaviour cloning): the student learns on the teacher's own runs. It sees the same gradients, so its
+  LSTM state follows the history it will follow in use; but in use the parameters follow its own updates, and its
+  small errors can carry it to states the teacher's runs never visit.
+* "student" (DAgger, Ross et al. 2011): the student's updates move the run and the teacher labels every state it
+  reaches, so it also learns what the teacher would do where its own errors lead.
+The student is trained by backpropagating through its own steps over the truncation (its recurrent state), never
+through the task.
 
 The loss of a truncation is the mean over its K steps of |u_student - u_teacher|^2 / |u_teacher|^2, each update a
 vector over every coordinate: scale-free, so small and large steps, tasks and loss scales weigh the same.
@@ -25,7 +29,7 @@ from metaopt.unroll import TaskState, aux_adam
 
 @dataclass
 class ImitationState:
-    run: TaskState        # the inner run, moved by the teacher's updates; `run.opt_state` is the student's state
+    run: TaskState        # the inner run; `run.opt_state` is the student's state
     teacher_state: dict   # the teacher's optimizer state over the same coordinates
 
     @property
@@ -41,9 +45,10 @@ def start_imitation(ts: TaskState, teacher: LSTMOptimizerNet) -> ImitationState:
 
 
 def imitate(net: LSTMOptimizerNet, teacher: LSTMOptimizerNet, teacher_lr: float, state: ImitationState, K: int,
-            lr: float, chunk_size: int | None = None) -> tuple[torch.Tensor, ImitationState, dict]:
-    """K inner steps from `state`, moved by the teacher -> (imitation loss, differentiable w.r.t. `net`'s weights;
-    the state advanced, detached; stats)."""
+            lr: float, chunk_size: int | None = None, drive: str = "teacher"
+            ) -> tuple[torch.Tensor, ImitationState, dict]:
+    """K inner steps from `state`, moved by the `drive`r's updates -> (imitation loss, differentiable w.r.t. `net`'s
+    weights; the state advanced, detached; stats)."""
     ts = state.run
     task, mask = ts.task, ts.task.net_mask()
     model = task.model.train()
@@ -70,8 +75,9 @@ def imitate(net: LSTMOptimizerNet, teacher: LSTMOptimizerNet, teacher_lr: float,
                                                     params=values, horizon=ts.horizon)
         update, student, _ = net.step(flat, student, lr, chunk_size, penalty=False, params=values, horizon=ts.horizon)
         terms.append((update - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-30))
+        move = target if drive == "teacher" else update.detach()
         with torch.no_grad():
-            torch._foreach_add_(net_params, [u.view_as(p) for p, u in zip(net_params, target.split(sizes))])
+            torch._foreach_add_(net_params, [u.view_as(p) for p, u in zip(net_params, move.split(sizes))])
         aux_loss = task.aux_loss(model) if aux_params else None
         if aux_loss is not None:
             new, aux_state = aux_adam(aux_params, torch.autograd.grad(aux_loss, aux_params), aux_state, task.aux_lr)

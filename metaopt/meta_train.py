@@ -78,7 +78,7 @@ def build_estimator(cfg: dict) -> GradientEstimator:
         return TruncatedPES(pairs=cfg["pes_pairs"], sigma=cfg["pes_sigma"], **common)
     if cfg["meta_gradient"] == "imitate":
         teacher, blob = load_lopt(cfg["teacher"])
-        return Imitation(teacher=teacher, teacher_lr=blob["lr"], **common)
+        return Imitation(teacher=teacher, teacher_lr=blob["lr"], drive=cfg["imitate_drive"], **common)
     return TruncatedBPTT(second_order=cfg["second_order"], **common)
 
 
@@ -89,6 +89,8 @@ def check_config(cfg: dict) -> None:
         raise UserError(f"meta_gradient must be bptt, pes or imitate, got {cfg['meta_gradient']!r}")
     if cfg["meta_gradient"] == "imitate" and not cfg["teacher"]:
         raise UserError("meta_gradient imitate needs --teacher LOPT_FILE, the learned optimizer to imitate")
+    if cfg["imitate_drive"] not in ("teacher", "student"):
+        raise UserError(f"imitate_drive must be teacher or student, got {cfg['imitate_drive']!r}")
     if cfg["meta_gradient"] == "pes" and not (cfg["pes_pairs"] >= 1 and cfg["pes_sigma"] > 0):
         raise UserError("pes needs pes_pairs >= 1 and pes_sigma > 0")
     if cfg["tasks_per_step"] < 1 or cfg["val_tasks"] < 1:

@@ -24,16 +24,28 @@ def _run(net):
     return start_task(task, net, horizon=5 * K)
 
 
-def test_a_student_equal_to_its_teacher_imitates_it_exactly_along_the_teachers_run():
+@pytest.mark.parametrize("drive", ["teacher", "student"])
+def test_a_student_equal_to_its_teacher_imitates_it_exactly_along_the_teachers_run(drive):
     teacher = _teacher()
     student = LSTMOptimizerNet(teacher.cfg)
     student.load_state_dict(teacher.state_dict())
     ts = _run(student)
-    loss, state, stats = imitate(student, teacher, LR, start_imitation(ts, teacher), K, LR)
+    loss, state, stats = imitate(student, teacher, LR, start_imitation(ts, teacher), K, LR, drive=drive)
     assert loss.item() == 0 and stats["finite"] and state.run.step == K
     _, driven, _ = unroll(teacher, ts, K, LR)  # the teacher training the task itself
     assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(state.run.params, driven.params))
     assert torch.allclose(state.run.opt_state["h"], driven.opt_state["h"])
+
+
+@pytest.mark.parametrize("drive", ["teacher", "student"])
+def test_the_driver_moves_the_inner_run(drive):
+    teacher, student = _teacher(), LSTMOptimizerNet(LSTMConfig(hidden=3, out_init_std=0.3))
+    ts = _run(student)
+    _, state, _ = imitate(student, teacher, LR, start_imitation(ts, teacher), 1, LR, drive=drive)
+    driver, other = (teacher, student) if drive == "teacher" else (student, teacher)
+    driven, not_driven = (unroll(net, _run(net), 1, LR)[1] for net in (driver, other))
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(state.run.params, driven.params))
+    assert not all(torch.allclose(a, b, atol=1e-7) for a, b in zip(state.run.params, not_driven.params))
 
 
 def test_a_cheaper_student_learns_the_teachers_updates():
