@@ -40,6 +40,16 @@ class Estimate:
         return torch.cat([g.reshape(-1) for g in self.grads])
 
 
+def backpropagated(net: LSTMOptimizerNet, loss: torch.Tensor, next_state, stats: dict) -> Estimate:
+    """The estimate of a differentiable truncation loss: its gradient, or zeros and `finite` False when the loss, an
+    inner loss or the gradient is not finite."""
+    params = list(net.parameters())
+    finite = stats["finite"] and torch.isfinite(loss).item()
+    grads = list(torch.autograd.grad(loss, params)) if finite else [torch.zeros_like(p) for p in params]
+    finite = finite and all(torch.isfinite(g).all().item() for g in grads)
+    return Estimate(grads, loss.item(), next_state, stats["inner_loss"], finite)
+
+
 class GradientEstimator:
     """Settings every truncation shares: its length `unroll`, the optimizer's nominal step `lr`, the meta-loss
     (`metaopt.unroll.unroll`), the correction penalty and the chunk size of the optimizer's step."""
@@ -85,11 +95,7 @@ class TruncatedBPTT(GradientEstimator):
     def estimate(self, net: LSTMOptimizerNet, state: TaskState, seed: int) -> Estimate:
         loss, next_state, stats = unroll(net, state, self.unroll, self.lr, self.meta_loss, self.second_order,
                                          self.correction_penalty, self.chunk_size)
-        params = list(net.parameters())
-        finite = stats["finite"] and torch.isfinite(loss).item()
-        grads = list(torch.autograd.grad(loss, params)) if finite else [torch.zeros_like(p) for p in params]
-        finite = finite and all(torch.isfinite(g).all().item() for g in grads)
-        return Estimate(grads, loss.item(), next_state, stats["inner_loss"], finite)
+        return backpropagated(net, loss, next_state, stats)
 
 
 class TruncatedPES(GradientEstimator):
@@ -132,11 +138,7 @@ class Imitation(GradientEstimator):
     def estimate(self, net: LSTMOptimizerNet, state: ImitationState, seed: int) -> Estimate:
         loss, next_state, stats = imitate(net, self.teacher, self.teacher_lr, state, self.unroll, self.lr,
                                           self.chunk_size, self.drive)
-        params = list(net.parameters())
-        finite = stats["finite"] and torch.isfinite(loss).item()
-        grads = list(torch.autograd.grad(loss, params)) if finite else [torch.zeros_like(p) for p in params]
-        finite = finite and all(torch.isfinite(g).all().item() for g in grads)
-        return Estimate(grads, loss.item(), next_state, stats["inner_loss"], finite)
+        return backpropagated(net, loss, next_state, stats)
 
     def state_dict(self, state: ImitationState) -> dict:
         return {"run": state.run.state_dict(), "teacher_state": state.teacher_state}
