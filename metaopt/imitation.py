@@ -85,8 +85,6 @@ def imitate(net: LSTMOptimizerNet, teacher: LSTMOptimizerNet, teacher_lr: float,
                 for p, value in zip(aux_params, new):
                     p.copy_(value)
     total = torch.stack(terms).mean()
-    run = TaskState(task, [p.detach().clone() for p in params], detach_state(student),
-                    {k: ([t.detach() for t in v] if isinstance(v, list) else v) for k, v in aux_state.items()},
-                    ts.step + K, ts.horizon, ts.init_loss, ts.loss_scale)
+    run = ts.advanced([p.detach().clone() for p in params], student, aux_state, K)  # a copy: the model is reused
     finite = all(math.isfinite(x) for x in inner_losses)
     return total, ImitationState(run, detach_state(teacher_state)), {"inner_loss": inner_losses[-1], "finite": finite}

@@ -47,6 +47,13 @@ class TaskState:
         """Every field but the task, which is sampled again from its seed."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "task"}
 
+    def advanced(self, params: list[torch.Tensor], opt_state: dict, aux_state: dict, steps: int) -> TaskState:
+        """This run `steps` further on, at these values, every tensor detached: the next truncation starts from
+        leaves."""
+        aux = {k: ([t.detach() for t in v] if isinstance(v, list) else v) for k, v in aux_state.items()}
+        return TaskState(self.task, [p.detach() for p in params], detach_state(opt_state), aux, self.step + steps,
+                         self.horizon, self.init_loss, self.loss_scale)
+
     @classmethod
     def from_state_dict(cls, saved: dict, task: Task) -> TaskState:
         """`state_dict`'s output (extra keys ignored) back on the task's device."""
@@ -126,14 +133,12 @@ def unroll(net: LSTMOptimizerNet, ts: TaskState, K: int, lr: float, meta_loss: s
         if aux_loss is not None:
             aux_params = [params[i] for i in aux_idx]
             aux_new, aux_state = aux_adam(aux_params, torch.autograd.grad(aux_loss, aux_params), aux_state,
-                                           task.aux_lr)
+                                          task.aux_lr)
             for i, p in zip(aux_idx, aux_new):
                 new_params[i] = p
         params = new_params
         fmodel.update_params(params)
     total = torch.stack(terms).mean() + correction_penalty * penalty / K
-    next_ts = TaskState(task, [p.detach() for p in params], detach_state(state),
-                        {k: ([t.detach() for t in v] if isinstance(v, list) else v) for k, v in aux_state.items()},
-                        ts.step + K, ts.horizon, ts.init_loss, ts.loss_scale)
+    next_ts = ts.advanced(params, state, aux_state, K)
     finite = all(math.isfinite(x) for x in inner_losses)
     return total, next_ts, {"inner_loss": inner_losses[-1], "finite": finite}
