@@ -202,7 +202,14 @@ class MetaTrainer:
     def __init__(self, cfg: dict, world: World, device: torch.device):
         self.cfg, self.world, self.device = cfg, world, device
         self.family, self.estimator = build_family(cfg), build_estimator(cfg)
-        self.net = LSTMOptimizerNet(lstm_config(cfg)).to(device)
+        self.net = LSTMOptimizerNet(lstm_config(cfg))
+        if cfg["init"]:
+            start, _ = load_lopt(cfg["init"])
+            if start.cfg != self.net.cfg:
+                raise UserError(f"init {cfg['init']} has another learned-optimizer architecture than this config's "
+                                f"({start.cfg.to_dict()} vs {self.net.cfg.to_dict()})")
+            self.net.load_state_dict(start.state_dict())
+        self.net.to(device)
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=cfg["meta_lr"])
         self.meta_step, self.best, self.skipped = 0, math.inf, 0
         self.streams: list[TaskStream] = []
@@ -356,6 +363,8 @@ def main(argv=None):
     if not cfg["resume"]:  # the yardstick: plain Adam at the LSTM's nominal step size on the same held-out tasks
         score, diverged = trainer.validate(lambda p: torch.optim.Adam(p, lr=cfg["lr"]))
         log({"val_score_adam": score, "val_diverged_adam": diverged})
+        if cfg["init"]:  # the starting weights are a candidate too: fine-tuning keeps them unless it beats them
+            log(trainer.validate_and_keep_best(run_dir / "lopt.pt"))
     bar = tqdm(range(trainer.meta_step, cfg["meta_steps"]), initial=trainer.meta_step, total=cfg["meta_steps"],
                desc="meta-train", disable=not world.is_main)
     for _ in bar:

@@ -5,7 +5,9 @@ import torch
 
 from codec.data import list_images
 from metaopt.errors import UserError
-from metaopt.meta_train import main, sample_horizon
+from metaopt.config import parse_config
+from metaopt.distributed import World
+from metaopt.meta_train import MetaTrainer, main, sample_horizon
 from metaopt.optim import LSTMOptimizer, load_lopt
 from tests.conftest import write_image
 
@@ -244,3 +246,23 @@ def test_tasks_per_step_and_world_size_are_checked(tmp_path):
     with pytest.raises(SystemExit) as e:  # two streams in the checkpoint, one asked for
         main(TINY + ["--run-dir", str(tmp_path / "c"), "--meta-steps", "3", "--resume"])
     assert e.value.code == 2
+
+
+def test_init_starts_from_a_stored_optimizer_and_refuses_another_architecture(tmp_path, capsys):
+    main(TINY + ["--meta-steps", "3", "--run-dir", str(tmp_path / "first")])
+    stored, _ = load_lopt(tmp_path / "first" / "lopt.pt")
+    cfg = parse_config(TINY + ["--init", str(tmp_path / "first" / "lopt.pt")], "meta/default.yaml", "")
+    trainer = MetaTrainer(cfg, World(), torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(trainer.net.state_dict().values(), stored.state_dict().values()))
+    fresh = MetaTrainer(parse_config(TINY, "meta/default.yaml", ""), World(), torch.device("cpu"))
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.net.state_dict().values(), stored.state_dict().values()))
+
+    main(TINY + ["--meta-steps", "2", "--init", str(tmp_path / "first" / "lopt.pt"), "--run-dir", str(tmp_path / "ft")])
+    rows = _rows(tmp_path / "ft")
+    assert rows[1]["step"] == 0 and "val_score" in rows[1]  # the starting weights are scored, and kept unless beaten
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(TINY + ["--hidden", "8", "--init", str(tmp_path / "first" / "lopt.pt"), "--run-dir", str(tmp_path / "x")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: init ") and "another learned-optimizer architecture" in err[0]
