@@ -385,6 +385,13 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b and not math.isinf(b) else None
 
 
+def report_steps(T: int, horizon: int | None) -> list[int]:
+    """The steps the loss tables report: 1x, 5x and 10x the meta-training horizon that fit in T; T/10, T/2 and T
+    when none does (a run shorter than the horizon) or the horizon is unknown."""
+    fitting = [s for s in (horizon, 5 * horizon, 10 * horizon) if s <= T] if horizon else []
+    return fitting or [max(1, T // 10), max(1, T // 2), T]
+
+
 def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuned: dict[str, tuple[dict, tuple]],
               horizon: int | None) -> dict:
     """`tuned`: optimizer -> (its grid's results, the chosen (file, lr)), as `tune_lr` returns them."""
@@ -397,8 +404,7 @@ def summarize(cfg: dict, runs: dict[str, dict[int, Path]], tuned: dict[str, tupl
     adam_final = [c[1][-1] for c in curves["adam"].values() if math.isfinite(c[1][-1])]
     target = float(np.mean(adam_final)) if adam_final else math.inf
     T = cfg["steps"]
-    checkpoints = ([horizon, 5 * horizon, 10 * horizon] if horizon else [max(1, T // 10), max(1, T // 2), T])
-    checkpoints = [s for s in checkpoints if s <= T]
+    checkpoints = report_steps(T, horizon)
 
     per_opt = {}
     for opt, by_seed in curves.items():

@@ -277,3 +277,10 @@ def test_trailing_mean_survives_a_huge_early_value():
     out = compare.trailing_mean(values, 2)
     assert out[3:6].tolist() == [(48.7 + 44.5) / 2, (44.5 + 41.9) / 2, (41.9 + 38.5) / 2]
     assert out[6:].tolist() == [math.inf, math.inf, 25.0]
+
+
+def test_report_steps_fall_back_to_fractions_of_T_when_no_horizon_multiple_fits():
+    assert compare.report_steps(1000, 100) == [100, 500, 1000]
+    assert compare.report_steps(9, 3) == [3]
+    assert compare.report_steps(500, 1000) == [50, 250, 500]  # a run shorter than the horizon: never an empty table
+    assert compare.report_steps(1000, None) == [100, 500, 1000]
