@@ -262,15 +262,17 @@ def learned_optimizers_section(results: Path) -> list[str]:
         folder = path.parent.relative_to(results).as_posix()
         rows.append([f"[{folder}](results/{folder}/)", task["distortion"],
                      f"{task['N']}/{task['M']}", f"`{Path(lopt['lopt']).name}` {lopt['lopt_sha256'][:8]}",
-                     _lr(lopt["lr"]), _lr(row["adam_lr"]), _seeds(row["seeds"]), row["steps_ratio"],
+                     _lr(lopt["lr"]) + (" tuned" if summary.get("tuned_lstm_lr") is not None else ""),
+                     _lr(row["adam_lr"]), _seeds(row["seeds"]), row["steps_ratio"],
                      row["seconds_ratio"], row["loss_ratio_at_T"],
                      f"{summary['optimizers']['lstm']['divergences']} / {len(row['seeds'])}"])
     if not rows:
         return []
     return ["## Learned optimizers since v1, each against tuned Adam (`python -m studies.compare`)", "",
             f"Median ratios to tuned Adam (goal: steps ≤ {LOPT_GOALS['steps']}, seconds ≤ "
-            f"{LOPT_GOALS['seconds']}, no divergence); each learned optimizer at the step stored in its file. How the "
-            f"runs were made and which seeds were looked at: the README in each results folder.", "",
+            f"{LOPT_GOALS['seconds']}, no divergence); each learned optimizer at the step stored in its file, or where "
+            f"marked *tuned* at the step its grid's tuning runs chose by Adam's rule. How the runs were made and "
+            f"which seeds were looked at: the README in each results folder.", "",
             *_table(["compare", "distortion", "N/M", "learned optimizer (sha256)", "its step", "Adam lr", "seeds",
                      "steps ×", "seconds ×", "loss × at T", "diverged"], rows), ""]
 
@@ -319,11 +321,16 @@ def compare_rows_from_report(text: str) -> list[dict]:
     return out
 
 
+def _never(ratio):
+    """A ratio to Adam's time to its target is infinite when the learned optimizer never reached it."""
+    return "never" if isinstance(ratio, float) and math.isinf(ratio) else ratio
+
+
 def compare_rows_from_summary(summary: dict) -> list[dict]:
     divergences = {opt: e["divergences"] for opt, e in summary["optimizers"].items()}
     return [{"optimizer": opt, "steps": summary["steps"], "seeds": summary["seeds"],
              "adam_lr": summary["tuned_adam_lr"], "lstm_lr": summary.get(f"tuned_{opt}_lr"),
-             "steps_ratio": r["steps_to_target_ratio"], "seconds_ratio": r["wall_time_to_target_ratio"],
+             "steps_ratio": _never(r["steps_to_target_ratio"]), "seconds_ratio": _never(r["wall_time_to_target_ratio"]),
              "loss_ratio_at_T": list(r["loss_ratio_at"].values())[-1],
              "divergences": f"{divergences[opt]} / {divergences['adam']}"}
             for opt, r in summary["ratios_vs_adam"].items()]
