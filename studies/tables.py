@@ -33,6 +33,9 @@ LONG_RUNS = [  # (folder under docs/results, what ran there; the numbers come fr
     ("lopt-v5/long100x-rmse-adam", "Adam at 2e-4 (tuned at T = 1000) on the same task, beside the run above"),
     ("lopt-v6/long100x-rmse-v6", "`lopt-v6.pt` at 2e-3 on the same task and seed, compiled step, 2-core CPU, sharing it "
                                  "with the test suite for a while (its seconds are not comparable)"),
+    ("lopt-v7/long100x-rmse-v6", "`lopt-v6.pt` at 2e-3 on the same task, seed 139, compiled step, 2-core CPU, beside "
+                                 "the Adam run below"),
+    ("lopt-v7/long100x-rmse-adam", "Adam at 2e-4 on the same task and seed, beside the run above"),
 ]
 LATE_FROM_WINDOW = 3  # logged every 50 steps: ratios of window i+1 to i from step 200 on, past the warm-up transients
 
