@@ -31,8 +31,8 @@ LONG_RUNS = [  # (folder under docs/results, what ran there; the numbers come fr
     ("lopt-v5/long100x-rmse-v1", "`lopt.pt` at 2e-3 on the RMSE compare task (photos 037–045), compiled step, 2-core "
                                  "CPU, beside the Adam run below"),
     ("lopt-v5/long100x-rmse-adam", "Adam at 2e-4 (tuned at T = 1000) on the same task, beside the run above"),
-    ("lopt-v6/long100x-rmse-v6", "`lopt-v6.pt` at 2e-3 on the same task and seed, compiled step, 2-core CPU, sharing it "
-                                 "with the test suite for a while (its seconds are not comparable)"),
+    ("lopt-v6/long100x-rmse-v6", "`lopt-v6.pt` at 2e-3 on the same task and seed, compiled step, 2-core CPU, sharing "
+                                 "it with the test suite for a while (its seconds are not comparable)"),
     ("lopt-v7/long100x-rmse-v6", "`lopt-v6.pt` at 2e-3 on the same task, seed 139, compiled step, 2-core CPU, beside "
                                  "the Adam run below"),
     ("lopt-v7/long100x-rmse-adam", "Adam at 2e-4 on the same task and seed, beside the run above"),
@@ -265,7 +265,7 @@ def learned_optimizers_section(results: Path) -> list[str]:
         folder = path.parent.relative_to(results).as_posix()
         rows.append([f"[{folder}](results/{folder}/)", task["distortion"],
                      f"{task['N']}/{task['M']}", f"`{Path(lopt['lopt']).name}` {lopt['lopt_sha256'][:8]}",
-                     _lr(lopt["lr"]) + (" tuned" if summary.get("tuned_lstm_lr") is not None else ""),
+                     _lr(lopt["lr"]) + (" tuned" if row["lstm_lr"] is not None else ""),
                      _lr(row["adam_lr"]), _seeds(row["seeds"]), row["steps_ratio"],
                      row["seconds_ratio"], row["loss_ratio_at_T"],
                      f"{summary['optimizers']['lstm']['divergences']} / {len(row['seeds'])}"])
@@ -333,7 +333,8 @@ def compare_rows_from_summary(summary: dict) -> list[dict]:
     divergences = {opt: e["divergences"] for opt, e in summary["optimizers"].items()}
     return [{"optimizer": opt, "steps": summary["steps"], "seeds": summary["seeds"],
              "adam_lr": summary["tuned_adam_lr"], "lstm_lr": summary.get(f"tuned_{opt}_lr"),
-             "steps_ratio": _never(r["steps_to_target_ratio"]), "seconds_ratio": _never(r["wall_time_to_target_ratio"]),
+             "steps_ratio": _never(r["steps_to_target_ratio"]),
+             "seconds_ratio": _never(r["wall_time_to_target_ratio"]),
              "loss_ratio_at_T": list(r["loss_ratio_at"].values())[-1],
              "divergences": f"{divergences[opt]} / {divergences['adam']}"}
             for opt, r in summary["ratios_vs_adam"].items()]
