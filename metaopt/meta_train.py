@@ -95,8 +95,8 @@ def check_config(cfg: dict) -> None:
         raise UserError("pes needs pes_pairs >= 1 and pes_sigma > 0")
     if cfg["tasks_per_step"] < 1 or cfg["val_tasks"] < 1:
         raise UserError("tasks_per_step and val_tasks must be >= 1")
-    if cfg["meta_steps"] < 1:
-        raise UserError(f"meta_steps must be positive, got {cfg['meta_steps']}")
+    if cfg["meta_steps"] < (0 if cfg["init"] else 1):  # 0 with --init: score the stored weights, store them as lopt.pt
+        raise UserError(f"meta_steps must be positive (or 0 with --init), got {cfg['meta_steps']}")
 
 
 def device_kind(choice: str) -> str:
@@ -212,6 +212,7 @@ class MetaTrainer:
         self.net.to(device)
         self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=cfg["meta_lr"])
         self.meta_step, self.best, self.skipped = 0, math.inf, 0
+        self.max_fan_in = self.family.max_fan_in()
         self.streams: list[TaskStream] = []
         self.stream_count = world.size * cfg["tasks_per_step"]
         first = world.rank * cfg["tasks_per_step"]
@@ -282,14 +283,14 @@ class MetaTrainer:
 
     def validate_and_keep_best(self, lopt_path: Path) -> dict:
         """Score the current network on the held-out tasks; the best one so far is written to `lopt_path`."""
-        blob = lopt_blob(self.net, self.cfg["lr"])
+        blob = lopt_blob(self.net, self.cfg["lr"], max_fan_in=self.max_fan_in)
         score, diverged = self.validate(lambda p: LSTMOptimizer(p, lopt=blob, chunk_size=self.cfg["chunk_size"],
                                                                 horizon=self.cfg["val_steps"]))
         if score < self.best:
             self.best = score
             if self.world.is_main:
                 meta = {"meta_step": self.meta_step, "val_score": score, "config": self.cfg}
-                atomic_save(lopt_blob(self.net, self.cfg["lr"], meta), lopt_path)
+                atomic_save(lopt_blob(self.net, self.cfg["lr"], meta, self.max_fan_in), lopt_path)
         return {"val_score": score, "val_diverged": diverged, "best_val_score": self.best}
 
     # -- checkpoint: everything, every process's streams included, so a resumed run equals an uninterrupted one --

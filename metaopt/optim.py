@@ -2,7 +2,8 @@
 
 The `lopt.pt` file format (FORMAT, VERSION) is a dict:
     {"format": "metaopt-lstm", "version": 1, "config": LSTMConfig as dict, "state_dict": network weights,
-     "lr": nominal step size it was meta-trained with, "meta": free-form provenance}
+     "lr": nominal step size it was meta-trained with, "meta": free-form provenance,
+     "max_fan_in" (optional): the largest fan-in among the parameters of the tasks it was meta-trained on}
 Anything else — a missing file, another kind of checkpoint, another version, corrupted bytes, weights that
 do not fit the config — is refused with a one-line `UserError`.
 
@@ -11,6 +12,12 @@ a few big matmuls, one `_foreach_add_` back into the parameters); no per-coordin
 `compile=True` the step is `metaopt.fused.FusedStep`: the same update, compiled into a few fused loops that
 advance the state in place (faster on large models, docs/speed.md; compiling costs a one-off delay
 per process).
+
+The fan-in rule (files with "max_fan_in"): a tensor whose fan-in is larger than any the optimizer met in
+meta-training moves by max_fan_in / fan_in of its update. Why: a step of fixed size per coordinate (Adam's, and a
+learned optimizer's built on Adam's directions) changes each unit's input in proportion to the unit's fan-in, which
+is why muP scales Adam's step of hidden weights by 1/fan-in; the stored step, meta-trained on small codecs, diverged
+on wide ones (docs/results/lopt-v8). Tensors within the meta-training range move exactly as before.
 """
 from __future__ import annotations
 
@@ -30,14 +37,33 @@ STATE_LAYOUT = "feature-major"  # marks optimizer states saved since m, h, c bec
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "lopt.pt"
 
 
-def lopt_blob(net: LSTMOptimizerNet, lr: float, meta: dict | None = None) -> dict:
-    return {"format": FORMAT, "version": VERSION, "config": net.cfg.to_dict(),
+def lopt_blob(net: LSTMOptimizerNet, lr: float, meta: dict | None = None, max_fan_in: int | None = None) -> dict:
+    blob = {"format": FORMAT, "version": VERSION, "config": net.cfg.to_dict(),
             "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
             "lr": float(lr), "meta": dict(meta or {})}
+    if max_fan_in is not None:
+        blob["max_fan_in"] = int(max_fan_in)
+    return blob
 
 
-def save_lopt(net: LSTMOptimizerNet, path: str | Path, lr: float, meta: dict | None = None) -> None:
-    atomic_save(lopt_blob(net, lr, meta), path)
+def save_lopt(net: LSTMOptimizerNet, path: str | Path, lr: float, meta: dict | None = None,
+              max_fan_in: int | None = None) -> None:
+    atomic_save(lopt_blob(net, lr, meta, max_fan_in), path)
+
+
+def fan_in(p: torch.Tensor) -> int:
+    """Inputs per output unit, counted as torch.nn.init counts them (the elements of one slice along the first
+    dimension); 1 for vectors and scalars."""
+    return p.numel() // p.shape[0] if p.dim() >= 2 else 1
+
+
+def largest_fan_in(params) -> int:
+    return max((fan_in(p) for p in params), default=1)
+
+
+def fan_in_scales(params, max_fan_in: int | None) -> list[float]:
+    """The fan-in rule's factor on each tensor's update (module docstring): min(1, max_fan_in / fan_in)."""
+    return [min(1.0, max_fan_in / fan_in(p)) if max_fan_in else 1.0 for p in params]
 
 
 def load_lopt(lopt: str | Path | dict | None) -> tuple[LSTMOptimizerNet, dict]:
@@ -60,6 +86,9 @@ def load_lopt(lopt: str | Path | dict | None) -> tuple[LSTMOptimizerNet, dict]:
                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if not all(torch.isfinite(p).all() for p in net.parameters()):
         raise UserError(f"{name} contains non-finite weights")
+    max_fan_in = blob.get("max_fan_in")
+    if max_fan_in is not None and (isinstance(max_fan_in, bool) or not isinstance(max_fan_in, int) or max_fan_in < 1):
+        raise UserError(f"{name} has max_fan_in {max_fan_in!r}; expected a positive integer")
     return net, {**blob, "lr": lr}
 
 
@@ -69,7 +98,8 @@ class LSTMOptimizer(torch.optim.Optimizer):
     LSTMOptimizer(model.parameters(), lopt=None|path|blob, lr=None, chunk_size=2**20, compile=False, horizon=None)
 
     `lr` is the nominal (Adam) step size of the `adam_correction` output; None = the one it was meta-trained
-    with. `horizon` is the planned number of steps, which an optimizer with the "progress" feature needs
+    with; a file with "max_fan_in" applies the fan-in rule (module docstring) on top. `horizon` is the planned
+    number of steps, which an optimizer with the "progress" feature needs
     (it reads t / horizon); the constructor's value holds after `load_state_dict` too. `compile` uses the
     torch.compile'd step (`metaopt.fused`); if compiling fails (e.g. no C++ compiler) it warns once and keeps
     the eager step. Parameters whose `.grad` is None at a step are not
@@ -129,8 +159,15 @@ class LSTMOptimizer(torch.optim.Optimizer):
                 update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size, penalty=False, params=values,
                                                horizon=group["horizon"])
                 state.update(new)
-            moved = [(p, u.view_as(p)) for p, u, ok in zip(params, update.split(sizes), has_grad) if ok]
-            torch._foreach_add_([p for p, _ in moved], [u for _, u in moved])
+            # One fused add per distinct fan-in factor (a handful), so the rule costs no extra pass over the update.
+            moved: dict[float, tuple[list, list]] = {}
+            for p, u, ok, scale in zip(params, update.split(sizes), has_grad,
+                                       fan_in_scales(params, self.blob.get("max_fan_in"))):
+                if ok:
+                    moved.setdefault(scale, ([], []))[0].append(p)
+                    moved[scale][1].append(u.view_as(p))
+            for scale, (ps, us) in moved.items():
+                torch._foreach_add_(ps, us, alpha=scale)
         return loss
 
     def _fused_update(self, index: int, flat: torch.Tensor, state: dict, sizes: list[int], lr: float,

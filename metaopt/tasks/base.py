@@ -74,3 +74,8 @@ class Task:
 class TaskFamily:
     def sample(self, seed: int, split: str) -> Task:
         raise NotImplementedError
+
+    def max_fan_in(self) -> int | None:
+        """The largest fan-in among the trained parameters of any task the family samples, stored with a learned
+        optimizer for metaopt.optim's fan-in rule; None: no rule."""
+        return None

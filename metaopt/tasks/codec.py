@@ -19,6 +19,7 @@ from codec.data import CropBatches, all_images, check_images, list_images
 from codec.losses import DISTORTIONS, RateDistortionLoss
 from codec.models import build_model, split_parameters
 from metaopt.errors import UserError
+from metaopt.optim import largest_fan_in
 from metaopt.tasks.base import Task, TaskFamily
 
 
@@ -70,6 +71,10 @@ class CodecFamily(TaskFamily):
             raise UserError(f"meta-validation images are also meta-training images: {sorted(map(str, shared))}")
         # Every image's header, now: a bad file is named before a run starts, not when a task first crops it.
         check_images(self.images["train"] + self.images["test"])
+
+    def max_fan_in(self) -> int:
+        return max(largest_fan_in(split_parameters(build_model(name, N, M))[0])
+                   for name in self.models for N, M in self.sizes)
 
     def sample(self, seed: int, split: str) -> CodecTask:
         seed = seed if split == "train" else 10**6 + seed

@@ -107,7 +107,7 @@ def test_zero_meta_steps_and_a_bad_codec_image_are_refused_before_the_run_direct
                                                                                            image_folder):
     bad = image_folder / "train" / "zz.png"  # the codec "train" images are the meta-validation tasks' images
     bad.write_text("not an image")
-    for argv, message in [(TINY + ["--meta-steps", "0"], "error: meta_steps must be positive, got 0"),
+    for argv, message in [(TINY + ["--meta-steps", "0"], "error: meta_steps must be positive (or 0 with --init), got 0"),
                           (["--data", str(image_folder), "--meta-steps", "2"], f"error: cannot read image {bad}")]:
         with pytest.raises(SystemExit) as e:
             main(argv + ["--run-dir", str(tmp_path / "run")])
@@ -196,6 +196,13 @@ def test_codec_tasks_draw_their_distortion_and_validate_on_images_of_their_own(i
         CodecFamily(["bmshj2018-hyperprior-deep"], [[8, 8]], 0.01, 0.01, ["psnr"])
 
 
+def test_the_codec_family_knows_its_widest_fan_in(image_folder):
+    from metaopt.tasks.codec import CodecFamily
+    family = CodecFamily(["bmshj2018-hyperprior-deep", "bmshj2018-factorized-deep"], [[8, 12], [16, 16]], 0.01, 0.01,
+                         data=image_folder)
+    assert family.max_fan_in() == 16 * 5 * 5  # the 5x5 convolutions of the N=16 codecs
+
+
 def test_validation_is_paired_and_leaves_the_rng_alone():
     """The codec's quantisation noise comes from the global RNG: validation must draw the same noise for every
     checkpoint it scores (so scores differ only by the optimizer), and must not move meta-training's stream."""
@@ -260,6 +267,10 @@ def test_init_starts_from_a_stored_optimizer_and_refuses_another_architecture(tm
     main(TINY + ["--meta-steps", "2", "--init", str(tmp_path / "first" / "lopt.pt"), "--run-dir", str(tmp_path / "ft")])
     rows = _rows(tmp_path / "ft")
     assert rows[1]["step"] == 0 and "val_score" in rows[1]  # the starting weights are scored, and kept unless beaten
+    main(TINY + ["--meta-steps", "0", "--init", str(tmp_path / "first" / "lopt.pt"), "--run-dir", str(tmp_path / "0")])
+    kept, blob = load_lopt(tmp_path / "0" / "lopt.pt")  # no meta-step: the stored weights, scored and stored again
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), stored.state_dict().values()))
+    assert "max_fan_in" not in blob  # the regression family has no fan-in rule (codec: the next test)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         main(TINY + ["--hidden", "8", "--init", str(tmp_path / "first" / "lopt.pt"), "--run-dir", str(tmp_path / "x")])

@@ -9,7 +9,7 @@ from torch import nn
 
 from metaopt.errors import UserError
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
-from metaopt.optim import PRETRAINED, LSTMOptimizer, load_lopt, lopt_blob, save_lopt
+from metaopt.optim import PRETRAINED, LSTMOptimizer, fan_in, load_lopt, lopt_blob, save_lopt
 from metaopt.optimizers import make_optimizer
 
 
@@ -209,8 +209,11 @@ def _bad_files(tmp_path, lopt_file):
     fewer, flipping = tmp_path / "v2-fewer-features.pt", tmp_path / "v2-flipping-feature.pt"
     torch.save({**v2, "config": {**v2["config"], "features": V2_FEATURES[:-1]}}, fewer)
     torch.save({**v2, "config": {**v2["config"], "features": ["grad_logsign", *V2_FEATURES[1:]]}}, flipping)
+    fan_in = tmp_path / "bad-max-fan-in.pt"
+    torch.save({**blob, "max_fan_in": "wide"}, fan_in)
     return {"missing": tmp_path / "nope.pt", "corrupted": corrupted, "foreign": foreign, "old": old,
-            "future": future, "mismatched": mismatched, "v2-fewer-features": fewer, "v2-flipping-feature": flipping}
+            "future": future, "mismatched": mismatched, "v2-fewer-features": fewer, "v2-flipping-feature": flipping,
+            "bad-max-fan-in": fan_in}
 
 
 def test_bad_lopt_files_raise_user_error(tmp_path, lopt_file):
@@ -293,3 +296,21 @@ def test_an_optimizer_reading_training_progress_needs_and_keeps_the_planned_step
     longer.load_state_dict(state)  # a resumed run with a new plan reads the new plan
     assert longer.param_groups[0]["horizon"] == 500
     _train(model, longer, 1, start=3)
+
+
+def test_the_fan_in_rule_scales_only_tensors_wider_than_meta_training_saw(tmp_path):
+    """_model()'s tensors: weights of fan-in 6 and 16, biases (fan-in 1). With max_fan_in 8 the second weight moves
+    by 8/16 of the plain file's update, every other tensor exactly as with the plain file."""
+    torch.manual_seed(0)
+    net = LSTMOptimizerNet(LSTMConfig(hidden=4, output="directions", odd=False, features=V2_FEATURES[:4]))
+    save_lopt(net, tmp_path / "plain.pt", lr=1e-2)
+    save_lopt(net, tmp_path / "rule.pt", lr=1e-2, max_fan_in=8)
+    assert [fan_in(p) for p in _model().parameters()] == [6, 1, 16, 1]
+    models = [_model(), _model()]
+    start = [p.detach().clone() for p in models[0].parameters()]
+    for model, name in zip(models, ("plain.pt", "rule.pt")):
+        _train(model, LSTMOptimizer(model.parameters(), lopt=tmp_path / name), 1)
+    moves = [[p.detach() - p0 for p, p0 in zip(m.parameters(), start)] for m in models]
+    for k, (plain, ruled) in enumerate(zip(*moves)):
+        assert plain.abs().sum() > 0
+        torch.testing.assert_close(ruled, plain * (0.5 if k == 2 else 1.0), rtol=1e-5, atol=1e-7)  # rounding of p + u
