@@ -36,6 +36,9 @@ LONG_RUNS = [  # (folder under docs/results, what ran there; the numbers come fr
     ("lopt-v7/long100x-rmse-v6", "`lopt-v6.pt` at 2e-3 on the same task, seed 139, compiled step, 2-core CPU, beside "
                                  "the Adam run below"),
     ("lopt-v7/long100x-rmse-adam", "Adam at 2e-4 on the same task and seed, beside the run above"),
+    ("lopt-v8/long100x-rmse-v8", "`lopt-v8.pt` at 2e-3 (on this codec v6, update for update) on the same task, seeds "
+                                 "143–145, compiled step, 2-core CPU, each beside the Adam run of its seed below"),
+    ("lopt-v8/long100x-rmse-adam", "Adam at 2e-4 on the same task and seeds, beside the runs above"),
 ]
 LATE_FROM_WINDOW = 3  # logged every 50 steps: ratios of window i+1 to i from step 200 on, past the warm-up transients
 

@@ -107,7 +107,8 @@ def test_zero_meta_steps_and_a_bad_codec_image_are_refused_before_the_run_direct
                                                                                            image_folder):
     bad = image_folder / "train" / "zz.png"  # the codec "train" images are the meta-validation tasks' images
     bad.write_text("not an image")
-    for argv, message in [(TINY + ["--meta-steps", "0"], "error: meta_steps must be positive (or 0 with --init), got 0"),
+    zero_steps = "error: meta_steps must be positive (or 0 with --init), got 0"
+    for argv, message in [(TINY + ["--meta-steps", "0"], zero_steps),
                           (["--data", str(image_folder), "--meta-steps", "2"], f"error: cannot read image {bad}")]:
         with pytest.raises(SystemExit) as e:
             main(argv + ["--run-dir", str(tmp_path / "run")])
