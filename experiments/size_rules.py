@@ -27,7 +27,7 @@ def factor(p: torch.Tensor) -> float:
     if p.dim() < 2:
         return 1.0
     if RULE == "fanin":
-        return min(1.0, 800 / metaopt.optim.fan_in(p))
+        return metaopt.optim.fan_in_scales([p], 800)[0]
     return min(1.0, float(p.detach().pow(2).mean().sqrt()) / 0.0203)
 
 

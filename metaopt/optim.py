@@ -22,6 +22,7 @@ on wide ones (docs/results/lopt-v8). Tensors within the meta-training range move
 from __future__ import annotations
 
 import warnings
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -160,12 +161,13 @@ class LSTMOptimizer(torch.optim.Optimizer):
                                                horizon=group["horizon"])
                 state.update(new)
             # One fused add per distinct fan-in factor (a handful), so the rule costs no extra pass over the update.
-            moved: dict[float, tuple[list, list]] = {}
-            for p, u, ok, scale in zip(params, update.split(sizes), has_grad,
-                                       fan_in_scales(params, self.blob.get("max_fan_in"))):
+            moved: defaultdict[float, tuple[list, list]] = defaultdict(lambda: ([], []))
+            scales = fan_in_scales(params, self.blob.get("max_fan_in"))
+            for p, u, ok, scale in zip(params, update.split(sizes), has_grad, scales):
                 if ok:
-                    moved.setdefault(scale, ([], []))[0].append(p)
-                    moved[scale][1].append(u.view_as(p))
+                    ps, us = moved[scale]
+                    ps.append(p)
+                    us.append(u.view_as(p))
             for scale, (ps, us) in moved.items():
                 torch._foreach_add_(ps, us, alpha=scale)
         return loss
