@@ -356,14 +356,15 @@ def log_row(trainer: Trainer, state: TrainState, row: dict, run_dir: Path, val_i
 
 def resolved_settings(trainer: Trainer) -> dict:
     """What the config's nulls became in this run: the step size the optimizer under study uses (`lr: null` = its
-    default) and, for the learned optimizer, the file it loaded (`lopt: null` = the shipped one), its sha256 and its
-    fan-in rule's max_fan_in (metaopt.optim)."""
+    default) and, for the learned optimizer, the file it loaded (`lopt: null` = the shipped one), its sha256, its
+    fan-in rule's max_fan_in and the basis it ran in (metaopt.optim)."""
     cfg = trainer.cfg
     resolved = {"lr": trainer.schedule.initial_lrs[0]}
     if cfg["optimizer"] == "lstm":
         lopt = Path(cfg["lopt"] or PRETRAINED).resolve()
         resolved.update(lopt=str(lopt), lopt_sha256=ckpt_io.file_sha256(lopt),
-                        lopt_max_fan_in=trainer.optimizer.blob.get("max_fan_in"))  # the fan-in rule, None = off
+                        lopt_max_fan_in=trainer.optimizer.blob.get("max_fan_in"),  # the fan-in rule, None = off
+                        lopt_basis=trainer.optimizer.basis)
     if cfg["init_from"] and Path(cfg["init_from"]).is_file():  # a resume does not need the file any more
         resolved["init_from_sha256"] = ckpt_io.file_sha256(Path(cfg["init_from"]))
     return resolved

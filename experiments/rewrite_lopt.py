@@ -1,18 +1,21 @@
-"""Rewrite a learned optimizer file, same weights: make its update odd and/or set its nominal step.
+"""Rewrite a learned optimizer file, same weights: make its update odd, set its nominal step and/or its basis.
 
     python experiments/rewrite_lopt.py --odd runs/ablation/meta-direct-output/lopt.pt runs/ablation/direct-output-odd.pt
     python experiments/rewrite_lopt.py --lr 1.4e-3 runs/ablation/meta-lr1e-3/lopt.pt metaopt/pretrained/lopt.pt
+    python experiments/rewrite_lopt.py --basis shampoo --lr 2e-3 metaopt/pretrained/lopt-v8.pt metaopt/pretrained/lopt-v9.pt
 
 `--odd` is a test-time probe of docs/ablation.md (7): the network, run on the gradient history as seen and
 sign-flipped, keeps exactly the part of its output that flips with the gradient (`LSTMConfig.odd`), and so loses
 any constant drift it learned. If the optimizer stays fast, its speed did not come from the drift.
-`--lr` stores a nominal step tuned after meta-training (`metaopt.compare --lstm-lrs`) as the file's default.
+`--lr` stores a nominal step tuned after meta-training (`metaopt.compare --lstm-lrs`) as the file's default;
+`--basis` the basis it runs in by default (metaopt.basis). The fan-in rule's max_fan_in is kept.
 """
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from metaopt.basis import BASES  # noqa: E402
 from metaopt.errors import UserError, cli_entry  # noqa: E402
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet  # noqa: E402
 from metaopt.optim import load_lopt, save_lopt  # noqa: E402
@@ -25,9 +28,10 @@ def main(argv=None):
     parser.add_argument("dst", help="lopt.pt to write")
     parser.add_argument("--odd", action="store_true", help="make the update odd in the gradient history")
     parser.add_argument("--lr", type=float, help="the nominal step to store (default: keep the file's)")
+    parser.add_argument("--basis", choices=BASES, help="the basis to store (default: keep the file's)")
     args = parser.parse_args(argv)
-    if not args.odd and args.lr is None:
-        raise UserError("nothing to rewrite: pass --odd and/or --lr")
+    if not args.odd and args.lr is None and args.basis is None:
+        raise UserError("nothing to rewrite: pass --odd, --lr and/or --basis")
     if args.lr is not None and not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
     net, blob = load_lopt(args.src)
@@ -40,7 +44,10 @@ def main(argv=None):
         # a file rewritten before keeps the step it was meta-trained at, not the one stored last
         meta.setdefault("lr_meta_trained", blob["lr"])
         meta["lr_set_by"] = "experiments/rewrite_lopt.py"
-    save_lopt(net, args.dst, lr=blob["lr"] if args.lr is None else args.lr, meta=meta)
+    if args.basis is not None:
+        meta["basis_set_by"] = "experiments/rewrite_lopt.py"
+    save_lopt(net, args.dst, lr=blob["lr"] if args.lr is None else args.lr, meta=meta,
+              max_fan_in=blob.get("max_fan_in"), basis=args.basis or blob.get("basis"))
     print(f"wrote {args.dst}")
 
 

@@ -3,7 +3,8 @@
 The `lopt.pt` file format (FORMAT, VERSION) is a dict:
     {"format": "metaopt-lstm", "version": 1, "config": LSTMConfig as dict, "state_dict": network weights,
      "lr": nominal step size it was meta-trained with, "meta": free-form provenance,
-     "max_fan_in" (optional): the largest fan-in among the parameters of the tasks it was meta-trained on}
+     "max_fan_in" (optional): the largest fan-in among the parameters of the tasks it was meta-trained on,
+     "basis" (optional, default "coordinate"): the basis it runs in, metaopt.basis.BASES}
 Anything else — a missing file, another kind of checkpoint, another version, corrupted bytes, weights that
 do not fit the config — is refused with a one-line `UserError`.
 
@@ -18,6 +19,9 @@ meta-training moves by max_fan_in / fan_in of its update. Why: a step of fixed s
 learned optimizer's built on Adam's directions) changes each unit's input in proportion to the unit's fan-in, which
 is why muP scales Adam's step of hidden weights by 1/fan-in; the stored step, meta-trained on small codecs, diverged
 on wide ones (docs/results/lopt-v8). Tensors within the meta-training range move exactly as before.
+
+The basis (a file's "basis", or `basis=`; metaopt.basis): with "shampoo" the network sees each tensor's gradient rotated into the eigenbasis
+of its Shampoo statistics, SOAP's basis, and its update is rotated back; its per-coordinate state lives there.
 """
 from __future__ import annotations
 
@@ -27,10 +31,11 @@ from pathlib import Path
 
 import torch
 
+from metaopt.basis import BASES, ShampooBasis
 from metaopt.checkpoint import atomic_save, load
 from metaopt.errors import UserError
 from metaopt.fused import FusedStep
-from metaopt.lstm import LSTMConfig, LSTMOptimizerNet, init_state
+from metaopt.lstm import EVEN_FEATURES, LSTMConfig, LSTMOptimizerNet, init_state
 
 FORMAT = "metaopt-lstm"
 VERSION = 1
@@ -38,18 +43,21 @@ STATE_LAYOUT = "feature-major"  # marks optimizer states saved since m, h, c bec
 PRETRAINED = Path(__file__).resolve().parent / "pretrained" / "lopt.pt"
 
 
-def lopt_blob(net: LSTMOptimizerNet, lr: float, meta: dict | None = None, max_fan_in: int | None = None) -> dict:
+def lopt_blob(net: LSTMOptimizerNet, lr: float, meta: dict | None = None, max_fan_in: int | None = None,
+              basis: str | None = None) -> dict:
     blob = {"format": FORMAT, "version": VERSION, "config": net.cfg.to_dict(),
             "state_dict": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
             "lr": float(lr), "meta": dict(meta or {})}
     if max_fan_in is not None:
         blob["max_fan_in"] = int(max_fan_in)
+    if basis is not None:
+        blob["basis"] = basis
     return blob
 
 
 def save_lopt(net: LSTMOptimizerNet, path: str | Path, lr: float, meta: dict | None = None,
-              max_fan_in: int | None = None) -> None:
-    atomic_save(lopt_blob(net, lr, meta, max_fan_in), path)
+              max_fan_in: int | None = None, basis: str | None = None) -> None:
+    atomic_save(lopt_blob(net, lr, meta, max_fan_in, basis), path)
 
 
 def fan_in(p: torch.Tensor) -> int:
@@ -90,28 +98,44 @@ def load_lopt(lopt: str | Path | dict | None) -> tuple[LSTMOptimizerNet, dict]:
     max_fan_in = blob.get("max_fan_in")
     if max_fan_in is not None and (isinstance(max_fan_in, bool) or not isinstance(max_fan_in, int) or max_fan_in < 1):
         raise UserError(f"{name} has max_fan_in {max_fan_in!r}; expected a positive integer")
+    if blob.get("basis", "coordinate") not in BASES:
+        raise UserError(f"{name} has basis {blob.get('basis')!r}; this code knows {', '.join(BASES)}")
     return net, {**blob, "lr": lr}
 
 
 class LSTMOptimizer(torch.optim.Optimizer):
     """Train any model with a meta-trained LSTM optimizer.
 
-    LSTMOptimizer(model.parameters(), lopt=None|path|blob, lr=None, chunk_size=2**20, compile=False, horizon=None)
+    LSTMOptimizer(model.parameters(), lopt=None|path|blob, lr=None, chunk_size=2**20, compile=False, horizon=None,
+                  basis=None)
 
     `lr` is the nominal (Adam) step size of the `adam_correction` output; None = the one it was meta-trained
     with; a file with "max_fan_in" applies the fan-in rule (module docstring) on top. `horizon` is the planned
     number of steps, which an optimizer with the "progress" feature needs
     (it reads t / horizon); the constructor's value holds after `load_state_dict` too. `compile` uses the
     torch.compile'd step (`metaopt.fused`); if compiling fails (e.g. no C++ compiler) it warns once and keeps
-    the eager step. Parameters whose `.grad` is None at a step are not
+    the eager step. `basis`: None = the file's; "shampoo" runs the network in SOAP's eigenbasis (module docstring). Parameters whose
+    `.grad` is None at a step are not
     moved (their coordinates still see a zero gradient, as the flat state covers the whole group). The whole
     group's state lives, flat, in `self.state[first param of the group]`, so the stock `state_dict` /
     `load_state_dict` save and restore it; the network weights are saved alongside under "lopt" so a checkpoint
     is self-contained."""
 
     def __init__(self, params, lopt=None, lr: float | None = None, chunk_size: int | None = 2**20,
-                 compile: bool = False, horizon: int | None = None):
+                 compile: bool = False, horizon: int | None = None, basis: str | None = None):
         self.net, self.blob = load_lopt(lopt)
+        if basis is None:
+            basis = self.blob.get("basis", "coordinate")
+        if basis not in BASES:
+            raise UserError(f"basis must be one of {', '.join(BASES)}, got {basis!r}")
+        if basis != "coordinate" and "param_scale" in self.net.cfg.features:
+            raise UserError('a learned optimizer that reads the parameters ("param_scale") runs in their own basis '
+                            'only (basis "coordinate")')
+        if basis != "coordinate" and not (self.net.cfg.odd or set(self.net.cfg.features) <= set(EVEN_FEATURES)):
+            # its state at a coordinate whose direction a basis refresh flips would have no counterpart (follow_basis)
+            raise UserError(f'basis {basis!r} needs a learned optimizer that is odd or reads sign-free features only '
+                            f'({", ".join(EVEN_FEATURES)}); this one reads {", ".join(self.net.cfg.features)}')
+        self.basis = basis
         self.net.requires_grad_(False)
         if "progress" in self.net.cfg.features and not (horizon and horizon > 0):
             raise UserError("this learned optimizer reads the training progress: give the planned number of steps "
@@ -125,6 +149,8 @@ class LSTMOptimizer(torch.optim.Optimizer):
         self.compile = compile
         self.fused: dict[int, FusedStep] = {}  # per param group; rebuilt after load_state_dict
         super().__init__(params, {"lr": lr, "horizon": horizon})
+        # per param group, built here so that load_state_dict can restore them before the first step
+        self.bases = [ShampooBasis(g["params"]) for g in self.param_groups] if basis == "shampoo" else []
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -139,7 +165,8 @@ class LSTMOptimizer(torch.optim.Optimizer):
             has_grad = [p.grad is not None for p in params]
             if not any(has_grad):
                 continue
-            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            flat = torch.cat([g.reshape(-1) for g in grads])
             if flat.is_complex() or any(p.grad is not None and p.grad.is_sparse for p in params):
                 raise UserError("LSTMOptimizer supports dense real gradients only")
             state = self.state[params[0]]
@@ -149,6 +176,9 @@ class LSTMOptimizer(torch.optim.Optimizer):
             if not torch.isfinite(flat.sum()):
                 state["skipped"] = state.get("skipped", 0) + 1
                 continue
+            basis = self.bases[index] if self.bases else None
+            if basis is not None:
+                flat = torch.cat([g.reshape(-1) for g in basis.rotate(grads)])
             sizes = [p.numel() for p in params]
             if "t" not in state:
                 state.update(init_state(self.net.cfg, sizes, flat.device, flat.dtype), layout=STATE_LAYOUT)
@@ -160,14 +190,20 @@ class LSTMOptimizer(torch.optim.Optimizer):
                 update, new, _ = self.net.step(flat, state, group["lr"], self.chunk_size, penalty=False, params=values,
                                                horizon=group["horizon"])
                 state.update(new)
+            updates = [u.view_as(p) for p, u in zip(params, update.split(sizes))]
+            if basis is not None:
+                updates = basis.unrotate(updates)
+                turned = basis.refresh(grads)
+                if turned is not None:
+                    follow_basis(state, *turned)
             # One fused add per distinct fan-in factor (a handful), so the rule costs no extra pass over the update.
             moved: defaultdict[float, tuple[list, list]] = defaultdict(lambda: ([], []))
             scales = fan_in_scales(params, self.blob.get("max_fan_in"))
-            for p, u, ok, scale in zip(params, update.split(sizes), has_grad, scales):
+            for p, u, ok, scale in zip(params, updates, has_grad, scales):
                 if ok:
                     ps, us = moved[scale]
                     ps.append(p)
-                    us.append(u.view_as(p))
+                    us.append(u)
             for scale, (ps, us) in moved.items():
                 torch._foreach_add_(ps, us, alpha=scale)
         return loss
@@ -200,11 +236,18 @@ class LSTMOptimizer(torch.optim.Optimizer):
     def state_dict(self):
         sd = super().state_dict()
         sd["lopt"] = self.blob
+        if self.bases:
+            sd["bases"] = [basis.state_dict() for basis in self.bases]
         return sd
 
     def load_state_dict(self, state_dict):
         state_dict = dict(state_dict)
         blob = state_dict.pop("lopt", None)
+        bases = state_dict.pop("bases", None)
+        if (bases is not None) != bool(self.bases):
+            raise UserError(f"optimizer state was saved with another basis than this run's ({self.basis})")
+        for basis, saved in zip(self.bases, bases or []):
+            basis.load_state_dict(saved)
         if blob is not None:
             if blob.get("config") != self.blob.get("config"):
                 raise UserError("optimizer state was saved with a learned optimizer of another architecture")
@@ -223,3 +266,22 @@ class LSTMOptimizer(torch.optim.Optimizer):
                     keys = ("m", "h", "c") if cfg.arch == "coordinate" else ("h", "c")  # were [P, B], [rows, L*H]
                     state.update({key: state[key].T.contiguous() for key in keys}, layout=STATE_LAYOUT)
 
+
+def follow_basis(state: dict, order: torch.Tensor, sign: torch.Tensor) -> None:
+    """Carry the per-coordinate state over a basis refresh (ShampooBasis.refresh: new coordinate j is old coordinate
+    order[j] turned by sign[j]), in place. The momenta turn with the direction; the second moment does not. The
+    LSTM state of a flipped coordinate: an odd network keeps one for the history as seen and one for it mirrored,
+    which swap; a network reading sign-free features only has the same state either way (the basis takes no
+    other: LSTMOptimizer). A per-tensor LSTM's state is per tensor and stays."""
+    P = order.numel()
+    state["m"].copy_(state["m"][:, order] * sign)
+    state["v"].copy_(state["v"][order])
+    if "sizes" in state:
+        return
+    if state["h"].shape[1] == 2 * P:  # odd: columns [as seen | mirrored]
+        flipped = sign < 0
+        columns = torch.cat([torch.where(flipped, order + P, order), torch.where(flipped, order, order + P)])
+    else:
+        columns = order
+    for key in ("h", "c"):
+        state[key].copy_(state[key][:, columns])

@@ -9,7 +9,7 @@ an optional linear warmup.
 Config keys: `lr` (None = the optimizer's default: 1e-4 for Adam, CompressAI's; 1e-2 for SGD; the package's for
 schedulefree and soap; the meta-trained nominal step for the LSTM), `momentum` (SGD), `lopt` (LSTM checkpoint
 path; None = the shipped `metaopt/pretrained/lopt.pt`), `lopt_compile` (LSTM: the torch.compile'd step of
-metaopt.fused), `steps` (the planned number of steps: cosine's length; the LSTM's horizon if it has the
+metaopt.fused), `lopt_basis` (LSTM: "coordinate" or "shampoo", metaopt.basis; None = the file's), `steps` (the planned number of steps: cosine's length; the LSTM's horizon if it has the
 "progress" feature), `lopt_horizon` (LSTM: another horizon than `steps`, None = `steps`), `lr_schedule`,
 `warmup_steps`.
 
@@ -26,6 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
+from metaopt.basis import BASES
 from metaopt.errors import UserError
 from metaopt.optim import LSTMOptimizer, load_lopt
 
@@ -60,6 +61,9 @@ def check_optimizer_config(name: str, config: dict) -> None:
     horizon = config.get("lopt_horizon")
     if horizon is not None and not (isinstance(horizon, int) and not isinstance(horizon, bool) and horizon > 0):
         raise UserError(f"lopt_horizon must be a positive integer (or null for steps), got {horizon!r}")
+    basis = config.get("lopt_basis")
+    if basis is not None and basis not in BASES:
+        raise UserError(f"unknown lopt_basis {basis!r}; choose one of: {', '.join(BASES)}")
     warmup = config.get("warmup_steps") or 0
     if not (isinstance(warmup, int) and warmup >= 0):
         raise UserError(f"warmup_steps must be a non-negative integer, got {warmup!r}")
@@ -80,7 +84,8 @@ def make_optimizer(name: str, params, config: dict) -> torch.optim.Optimizer:
     if name == "lstm":
         return LSTMOptimizer(params, lopt=config.get("lopt"), lr=None if lr is None else float(lr),
                              compile=bool(config.get("lopt_compile", False)),
-                             horizon=config.get("lopt_horizon") or config.get("steps"))
+                             horizon=config.get("lopt_horizon") or config.get("steps"),
+                             basis=config.get("lopt_basis"))
     if name == "adam":
         return torch.optim.Adam(params, lr=DEFAULT_LR["adam"] if lr is None else float(lr))
     if name == "sgd":

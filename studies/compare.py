@@ -51,7 +51,7 @@ from studies.sweeps import run_study  # noqa: E402
 TUNE_ON = {"train_loss": "training RD loss over the last 10% of T steps of a run with the tuning seed",
            "val_loss": "validation RD loss on the held-out test images after T steps"}
 CODEC_KEYS = ("data", "model", "N", "M", "lmbda", "distortion", "crop", "batch_size", "log_every", "val_crop",
-              "spike_guard", "warmup_steps", "lopt_compile", "device", "threads")
+              "spike_guard", "warmup_steps", "lopt_compile", "lopt_basis", "device", "threads")
 
 
 # -- configuration -------------------------------------------------------------------------------------

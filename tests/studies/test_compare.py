@@ -45,7 +45,8 @@ def test_compare_end_to_end_summary_matches_the_runs_metrics(tmp_path, image_fol
     assert summary["target_loss"] == pytest.approx(sum(r[-1]["loss"] for r in adam_runs.values()) / 2)
     # what the learned optimizer was: its file's sha256 and the step it ran at (the one stored in the file)
     assert summary["learned_optimizer"] == {"lr": 1e-3, "lopt": str(lopt_file.resolve()),
-                                            "lopt_sha256": file_sha256(lopt_file), "lopt_max_fan_in": None}
+                                            "lopt_sha256": file_sha256(lopt_file), "lopt_max_fan_in": None,
+                                            "lopt_basis": "coordinate"}
     assert summary["task"]["distortion"] == "rmse"  # the mission's cost is the default
 
     # steps-to-target per run = first logged step whose loss is <= target
