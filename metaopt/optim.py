@@ -148,9 +148,13 @@ class LSTMOptimizer(torch.optim.Optimizer):
         self.chunk_size = chunk_size
         self.compile = compile
         self.fused: dict[int, FusedStep] = {}  # per param group; rebuilt after load_state_dict
+        self.bases: list[ShampooBasis] = []  # one per param group (add_param_group), so a resume can restore them
         super().__init__(params, {"lr": lr, "horizon": horizon})
-        # per param group, built here so that load_state_dict can restore them before the first step
-        self.bases = [ShampooBasis(g["params"]) for g in self.param_groups] if basis == "shampoo" else []
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        if self.basis == "shampoo":
+            self.bases.append(ShampooBasis(self.param_groups[-1]["params"]))
 
     @torch.no_grad()
     def step(self, closure=None):

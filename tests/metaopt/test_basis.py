@@ -88,6 +88,15 @@ def test_which_way_a_basis_direction_points_changes_no_update(lopt):
     assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_a_param_group_added_later_gets_its_own_basis():
+    first, second = nn.Parameter(torch.zeros(4, 3)), nn.Parameter(torch.zeros(3, 2))
+    opt = LSTMOptimizer([first], basis="shampoo")
+    opt.add_param_group({"params": [second]})
+    first.grad, second.grad = torch.randn(4, 3), torch.randn(3, 2)
+    opt.step()
+    assert len(opt.bases) == 2 and opt.bases[1].params == [second] and second.abs().sum() > 0
+
+
 def test_resuming_across_a_basis_refresh_is_exact():
     model = _model()
     opt = LSTMOptimizer(model.parameters(), basis="shampoo")
@@ -132,3 +141,9 @@ def test_a_file_can_store_the_basis_it_runs_in(tmp_path):
     assert not LSTMOptimizer(_model().parameters()).bases  # a file without the key: each coordinate as given
     with pytest.raises(UserError, match="has basis 'eigen'"):
         load_lopt(lopt_blob(net, 1e-3, basis="eigen"))
+
+
+def test_the_shipped_v9_runs_in_the_basis_at_its_stored_step():
+    _, blob = load_lopt(PRETRAINED.parent / "lopt-v9.pt")
+    opt = LSTMOptimizer(_model().parameters(), lopt=PRETRAINED.parent / "lopt-v9.pt")
+    assert opt.basis == "shampoo" and opt.param_groups[0]["lr"] == blob["lr"] and blob["max_fan_in"] == 800

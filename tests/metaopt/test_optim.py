@@ -245,7 +245,9 @@ def test_bad_lopt_on_the_command_line_is_one_line(tmp_path):
 SHIPPED = {"lopt.pt": ("coordinate", "direct", True), "lopt-lr5e-4.pt": ("coordinate", "direct", True),
            "lopt-tensor.pt": ("tensor", "adam_correction", False),
            "lopt-bounded.pt": ("coordinate", "adam_correction", False),
-           "lopt-v2.pt": ("coordinate", "directions", False), "lopt-v3.pt": ("tensor", "directions", False)}
+           "lopt-v2.pt": ("coordinate", "directions", False), "lopt-v3.pt": ("tensor", "directions", False),
+           "lopt-v6.pt": ("coordinate", "directions", False), "lopt-v8.pt": ("coordinate", "directions", False),
+           "lopt-v9.pt": ("coordinate", "directions", False)}
 
 
 @pytest.mark.parametrize("name", SHIPPED)
