@@ -2,7 +2,7 @@
 
     python experiments/rewrite_lopt.py --odd runs/ablation/meta-direct-output/lopt.pt runs/ablation/direct-output-odd.pt
     python experiments/rewrite_lopt.py --lr 1.4e-3 runs/ablation/meta-lr1e-3/lopt.pt metaopt/pretrained/lopt.pt
-    python experiments/rewrite_lopt.py --basis shampoo --lr 2e-3 metaopt/pretrained/lopt-v8.pt metaopt/pretrained/lopt-v9.pt
+    python experiments/rewrite_lopt.py --basis shampoo --lr 4e-3 metaopt/pretrained/lopt-v8.pt lopt-v9.pt
 
 `--odd` is a test-time probe of docs/ablation.md (7): the network, run on the gradient history as seen and
 sign-flipped, keeps exactly the part of its output that flips with the gradient (`LSTMConfig.odd`), and so loses

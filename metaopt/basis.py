@@ -10,9 +10,10 @@ gradient is rotated in, the network's update rotated out. A rotation is linear, 
 gradient stays odd.
 
 The bookkeeping is pytorch-optimizer's SOAP (its statistics, eigendecompositions, power-iteration refreshes and
-projections), driven here one tensor at a time; nothing of it is restated. Only one thing is added: SOAP re-sorts
-its basis by eigenvalue when it refreshes it and permutes its own second moment to follow, so the learned
-optimizer's per-coordinate state (moments, LSTM state) is permuted the same way (`refresh`).
+projections), driven here one tensor at a time; nothing of it is restated. Only one thing is added: SOAP keeps its
+first moment in the tensor's own coordinates and re-sorts its second moment when a refresh re-sorts the basis,
+whereas all of a learned optimizer's state lives in the basis. So `refresh` reports how the coordinates moved: the
+new order, and which directions the refresh's QR turned around (metaopt.optim.follow_basis carries the state over).
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ FREQUENCY, BETA, MAX_DIM = 10, 0.95, 10_000
 
 class ShampooBasis:
     """rotate(grads) -> the gradients in the basis; unrotate(updates) -> updates back in parameter coordinates;
-    refresh(grads) after each step -> the flat permutation of coordinates the step's basis change implies (None
-    when the basis was kept). `state_dict` / `load_state_dict` carry the statistics, bases and step count."""
+    refresh(grads) after each step -> how a refreshed basis moved the flat coordinates, (order, sign), or None
+    when the basis was kept. `state_dict` / `load_state_dict` carry the statistics, bases and step count."""
 
     def __init__(self, params):
         from pytorch_optimizer import SOAP  # late: only this basis needs the package

@@ -20,8 +20,9 @@ learned optimizer's built on Adam's directions) changes each unit's input in pro
 is why muP scales Adam's step of hidden weights by 1/fan-in; the stored step, meta-trained on small codecs, diverged
 on wide ones (docs/results/lopt-v8). Tensors within the meta-training range move exactly as before.
 
-The basis (a file's "basis", or `basis=`; metaopt.basis): with "shampoo" the network sees each tensor's gradient rotated into the eigenbasis
-of its Shampoo statistics, SOAP's basis, and its update is rotated back; its per-coordinate state lives there.
+The basis (a file's "basis", or `basis=`; metaopt.basis): with "shampoo" the network sees each tensor's gradient
+rotated into the eigenbasis of its Shampoo statistics, SOAP's basis, and its update is rotated back; its
+per-coordinate state lives there and follows each refresh of the basis (`follow_basis`).
 """
 from __future__ import annotations
 
@@ -114,9 +115,9 @@ class LSTMOptimizer(torch.optim.Optimizer):
     number of steps, which an optimizer with the "progress" feature needs
     (it reads t / horizon); the constructor's value holds after `load_state_dict` too. `compile` uses the
     torch.compile'd step (`metaopt.fused`); if compiling fails (e.g. no C++ compiler) it warns once and keeps
-    the eager step. `basis`: None = the file's; "shampoo" runs the network in SOAP's eigenbasis (module docstring). Parameters whose
-    `.grad` is None at a step are not
-    moved (their coordinates still see a zero gradient, as the flat state covers the whole group). The whole
+    the eager step. `basis`: None = the file's; "shampoo" runs the network in SOAP's eigenbasis (module
+    docstring). Parameters whose `.grad` is None at a step are not moved (their coordinates still see a zero
+    gradient, as the flat state covers the whole group). The whole
     group's state lives, flat, in `self.state[first param of the group]`, so the stock `state_dict` /
     `load_state_dict` save and restore it; the network weights are saved alongside under "lopt" so a checkpoint
     is self-contained."""

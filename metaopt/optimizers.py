@@ -9,9 +9,9 @@ an optional linear warmup.
 Config keys: `lr` (None = the optimizer's default: 1e-4 for Adam, CompressAI's; 1e-2 for SGD; the package's for
 schedulefree and soap; the meta-trained nominal step for the LSTM), `momentum` (SGD), `lopt` (LSTM checkpoint
 path; None = the shipped `metaopt/pretrained/lopt.pt`), `lopt_compile` (LSTM: the torch.compile'd step of
-metaopt.fused), `lopt_basis` (LSTM: "coordinate" or "shampoo", metaopt.basis; None = the file's), `steps` (the planned number of steps: cosine's length; the LSTM's horizon if it has the
-"progress" feature), `lopt_horizon` (LSTM: another horizon than `steps`, None = `steps`), `lr_schedule`,
-`warmup_steps`.
+metaopt.fused), `lopt_basis` (LSTM: "coordinate" or "shampoo", metaopt.basis; None = the file's), `steps` (the
+planned number of steps: cosine's length; the LSTM's horizon if it has the "progress" feature), `lopt_horizon`
+(LSTM: another horizon than `steps`, None = `steps`), `lr_schedule`, `warmup_steps`.
 
 A loop builds both before loading any checkpoint; validates, and saves the weights to use, inside
 `with evaluation_point(optimizer, params)` (its resumable checkpoint keeps the training point); calls

@@ -270,7 +270,7 @@ def learned_optimizers_section(results: Path) -> list[str]:
                      f"{task['N']}/{task['M']}", f"`{Path(lopt['lopt']).name}` {lopt['lopt_sha256'][:8]}",
                      _lr(lopt["lr"]) + (" tuned" if row["lstm_lr"] is not None else "")
                      + (f", fan-in rule ≤ {lopt['lopt_max_fan_in']}" if lopt.get("lopt_max_fan_in") else "")
-                     + (f", {lopt['lopt_basis']} basis" if lopt.get("lopt_basis", "coordinate") != "coordinate" else ""),
+                     + (f", {lopt['lopt_basis']} basis" if lopt.get("lopt_basis") not in (None, "coordinate") else ""),
                      _lr(row["adam_lr"]), _seeds(row["seeds"]), row["steps_ratio"],
                      row["seconds_ratio"], row["loss_ratio_at_T"],
                      f"{summary['optimizers']['lstm']['divergences']} / {len(row['seeds'])}"])
@@ -286,8 +286,8 @@ def learned_optimizers_section(results: Path) -> list[str]:
             f"Median ratios to tuned Adam (goal: steps ≤ {LOPT_GOALS['steps']}, seconds ≤ "
             f"{LOPT_GOALS['seconds']}, no divergence); each learned optimizer at the step stored in its file, or where "
             f"marked *tuned* at the step its grid's tuning runs chose by Adam's rule; *fan-in rule ≤ F*: a tensor "
-            f"of fan-in above F moved by F / its fan-in of the update (metaopt.optim); *shampoo basis*: the network ran "
-            f"in each tensor's Shampoo eigenbasis, SOAP's (metaopt.basis). How the runs were made and "
+            f"of fan-in above F moved by F / its fan-in of the update (metaopt.optim); *shampoo basis*: the network "
+            f"ran in each tensor's Shampoo eigenbasis, SOAP's (metaopt.basis). How the runs were made and "
             f"which seeds were looked at: the README in each results folder.", "",
             *_table(["compare", "distortion", "N/M", "learned optimizer (sha256)", "its step", "Adam lr", "seeds",
                      "steps ×", "seconds ×", "loss × at T", "diverged"], rows), ""]
