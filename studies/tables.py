@@ -39,6 +39,10 @@ LONG_RUNS = [  # (folder under docs/results, what ran there; the numbers come fr
     ("lopt-v8/long100x-rmse-v8", "`lopt-v8.pt` at 2e-3 (on this codec v6, update for update) on the same task, seeds "
                                  "143–145, compiled step, 2-core CPU, each beside the Adam run of its seed below"),
     ("lopt-v8/long100x-rmse-adam", "Adam at 2e-4 on the same task and seeds, beside the runs above"),
+    ("lopt-v9/long100x-rmse-v9", "`lopt-v9.pt` at its stored 4e-3 (Shampoo basis) on the same task, seeds 130, 139, "
+                                 "143–145, compiled step, 2-core CPU, two at a time and for a while beside the test "
+                                 "suite (compare its losses with the Adam runs of the same seeds above, not its "
+                                 "seconds)"),
 ]
 LATE_FROM_WINDOW = 3  # logged every 50 steps: ratios of window i+1 to i from step 200 on, past the warm-up transients
 
