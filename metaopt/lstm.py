@@ -39,7 +39,7 @@ LSTM that beats tuned Adam inside its horizon and explodes far beyond it, docs/a
   near zero it *is* Adam: stable by construction, and never far from Adam, faster or slower.
   ``direct`` (Andrychowicz 2016): update = -lr * out. Free to be much faster than Adam, and alone it showed the
   failure mode above, postponed rather than removed by the stationary inputs; made ``odd`` (below) it did not,
-  which is why direct and odd are LSTMConfig's defaults and the shipped lopt.pt (docs/ablation.md).
+  which is why direct and odd are LSTMConfig's defaults and v1's, lopt-v1.pt (docs/ablation.md).
   ``directions``: update = -lr * sum_k (w_k + [k is Adam's m]) * d_k over the directions d = (g, m_b for every b)
   divided by sqrt(v_hat), with per-coordinate weights w from a network that reads only sign-free features
   (EVEN_FEATURES: log|g|, |g|/sqrt(v), |m_b|/sqrt(v), sign(g) m_b/sqrt(v), the parameter scale, the progress).

@@ -171,19 +171,17 @@ class LSTMOptimizer(torch.optim.Optimizer):
             if not any(has_grad):
                 continue
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            if flat.is_complex() or any(p.grad is not None and p.grad.is_sparse for p in params):
+            if any(g.is_complex() or g.is_sparse for g in grads):
                 raise UserError("LSTMOptimizer supports dense real gradients only")
             state = self.state[params[0]]
             # A non-finite gradient (inf with a finite loss) would poison the moments and LSTM state for good:
-            # skip the whole step and keep the old state. One reduction, so the check is cheap. (A finite
-            # gradient gives a finite update: the features are clamped and the outputs bounded.)
-            if not torch.isfinite(flat.sum()):
+            # skip the whole step and keep the old state. Per-tensor sums, so the check costs no copy of the
+            # gradient. (A finite gradient gives a finite update: the features are clamped and the outputs bounded.)
+            if not torch.isfinite(torch.stack([g.sum() for g in grads]).sum()):
                 state["skipped"] = state.get("skipped", 0) + 1
                 continue
             basis = self.bases[index] if self.bases else None
-            if basis is not None:
-                flat = torch.cat([g.reshape(-1) for g in basis.rotate(grads)])
+            flat = torch.cat([g.reshape(-1) for g in (basis.rotate(grads) if basis is not None else grads)])
             sizes = [p.numel() for p in params]
             if "t" not in state:
                 state.update(init_state(self.net.cfg, sizes, flat.device, flat.dtype), layout=STATE_LAYOUT)

@@ -26,9 +26,9 @@ RESULTS = ROOT / "docs" / "results"
 OUT = ROOT / "docs" / "results.md"
 LONG_RUNS = [  # (folder under docs/results, what ran there; the numbers come from its s<seed>.jsonl files)
     ("ablation/long100x_lr1e-3-b_lr2e-3",
-     "`lopt.pt` at its stored step 2e-3, 2-core CPU, compiled step, runs sharing the cores"),
-    ("ablation/gpu/long100x_lr1e-3-b", "`lopt.pt`'s weights at step 1.4e-3 (stored then), one H200 shared by all runs"),
-    ("lopt-v5/long100x-rmse-v1", "`lopt.pt` at 2e-3 on the RMSE compare task (photos 037–045), compiled step, 2-core "
+     "v1 (`lopt-v1.pt`) at its stored step 2e-3, 2-core CPU, compiled step, runs sharing the cores"),
+    ("ablation/gpu/long100x_lr1e-3-b", "v1's weights at step 1.4e-3 (stored then), one H200 shared by all runs"),
+    ("lopt-v5/long100x-rmse-v1", "v1 at 2e-3 on the RMSE compare task (photos 037–045), compiled step, 2-core "
                                  "CPU, beside the Adam run below"),
     ("lopt-v5/long100x-rmse-adam", "Adam at 2e-4 (tuned at T = 1000) on the same task, beside the run above"),
     ("lopt-v6/long100x-rmse-v6", "`lopt-v6.pt` at 2e-3 on the same task and seed, compiled step, 2-core CPU, sharing "
@@ -291,8 +291,9 @@ def learned_optimizers_section(results: Path) -> list[str]:
             f"{LOPT_GOALS['seconds']}, no divergence); each learned optimizer at the step stored in its file, or where "
             f"marked *tuned* at the step its grid's tuning runs chose by Adam's rule; *fan-in rule ≤ F*: a tensor "
             f"of fan-in above F moved by F / its fan-in of the update (metaopt.optim); *shampoo basis*: the network "
-            f"ran in each tensor's Shampoo eigenbasis, SOAP's (metaopt.basis). How the runs were made and "
-            f"which seeds were looked at: the README in each results folder.", "",
+            f"ran in each tensor's Shampoo eigenbasis, SOAP's (metaopt.basis). Files are named as they were run: "
+            f"`lopt.pt` f820ea9c is v1, now `lopt-v1.pt`; the default `lopt.pt` has been v9 since. How the runs were "
+            f"made and which seeds were looked at: the README in each results folder.", "",
             *_table(["compare", "distortion", "N/M", "learned optimizer (sha256)", "its step", "Adam lr", "seeds",
                      "steps ×", "seconds ×", "loss × at T", "diverged"], rows), ""]
 

@@ -181,8 +181,7 @@ def test_run_records_what_its_nulls_resolved_to_and_logs_best_pt(tmp_path, image
     if optimizer == "lstm":
         assert config["resolved"] == {"lr": load_lopt(None)[1]["lr"], "lopt": str(PRETRAINED),
                                       "lopt_sha256": hashlib.sha256(PRETRAINED.read_bytes()).hexdigest(),
-                                      "lopt_max_fan_in": None,  # lopt.pt has no fan-in rule
-                                      "lopt_basis": "coordinate"}
+                                      "lopt_max_fan_in": 800, "lopt_basis": "shampoo"}
     else:
         assert config["resolved"] == {"lr": 1e-4}
     # The same record is in the W&B config, and best.pt is the run's "codec" artifact.

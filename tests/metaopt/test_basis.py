@@ -10,6 +10,8 @@ from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
 from metaopt.optim import PRETRAINED, LSTMOptimizer, follow_basis, load_lopt, lopt_blob, save_lopt
 from metaopt.optimizers import check_optimizer_config
 
+V1 = PRETRAINED.parent / "lopt-v1.pt"  # odd through a second pass: the mirrored LSTM state must follow the basis too
+
 
 def _model():
     torch.manual_seed(0)
@@ -54,12 +56,12 @@ def test_a_refresh_reports_how_it_reordered_the_coordinates():
 
 def test_the_learned_optimizer_in_the_basis_trains_and_stays_odd():
     model = _model()
-    opt = LSTMOptimizer(model.parameters(), basis="shampoo", lr=1e-2)
+    opt = LSTMOptimizer(model.parameters(), lopt=V1, basis="shampoo", lr=1e-2)
     losses = [_step(model, opt, step) for step in range(100)]
     assert sum(losses[-5:]) < 0.25 * sum(losses[:5])
     # odd: the negated gradient history gives the negated updates, basis refreshes included
     a, b = nn.Parameter(torch.zeros(4, 3)), nn.Parameter(torch.zeros(4, 3))
-    opt_a, opt_b = LSTMOptimizer([a], basis="shampoo"), LSTMOptimizer([b], basis="shampoo")
+    opt_a, opt_b = LSTMOptimizer([a], lopt=V1, basis="shampoo"), LSTMOptimizer([b], lopt=V1, basis="shampoo")
     for step in range(2 * FREQUENCY + 1):
         g = torch.randn(4, 3, generator=torch.Generator().manual_seed(step))
         a.grad, b.grad = g.clone(), -g
@@ -68,7 +70,7 @@ def test_the_learned_optimizer_in_the_basis_trains_and_stays_odd():
     assert torch.allclose(a, -b, atol=1e-6) and a.abs().sum() > 0
 
 
-@pytest.mark.parametrize("lopt", ["lopt.pt", "lopt-v8.pt"])  # odd; sign-free features
+@pytest.mark.parametrize("lopt", ["lopt-v1.pt", "lopt-v8.pt"])  # odd; sign-free features
 def test_which_way_a_basis_direction_points_changes_no_update(lopt):
     """Turning one basis direction around, its coordinates' state carried over by follow_basis, leaves every later
     update as it was, across the refresh that follows (which reports its own turns)."""
@@ -90,7 +92,7 @@ def test_which_way_a_basis_direction_points_changes_no_update(lopt):
 
 def test_a_param_group_added_later_gets_its_own_basis():
     first, second = nn.Parameter(torch.zeros(4, 3)), nn.Parameter(torch.zeros(3, 2))
-    opt = LSTMOptimizer([first], basis="shampoo")
+    opt = LSTMOptimizer([first], lopt=V1, basis="shampoo")
     opt.add_param_group({"params": [second]})
     first.grad, second.grad = torch.randn(4, 3), torch.randn(3, 2)
     opt.step()
@@ -99,7 +101,7 @@ def test_a_param_group_added_later_gets_its_own_basis():
 
 def test_resuming_across_a_basis_refresh_is_exact():
     model = _model()
-    opt = LSTMOptimizer(model.parameters(), basis="shampoo")
+    opt = LSTMOptimizer(model.parameters(), lopt=V1, basis="shampoo")
     for step in range(7):
         _step(model, opt, step)
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
@@ -107,14 +109,14 @@ def test_resuming_across_a_basis_refresh_is_exact():
         _step(model, opt, step)
     resumed = _model()
     resumed.load_state_dict(saved_model)
-    resumed_opt = LSTMOptimizer(resumed.parameters(), basis="shampoo")
+    resumed_opt = LSTMOptimizer(resumed.parameters(), lopt=V1, basis="shampoo")
     resumed_opt.load_state_dict(saved_opt)
     for step in range(7, 2 * FREQUENCY + 3):
         _step(resumed, resumed_opt, step)
     for x, y in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(x, y)
     with pytest.raises(UserError, match="another basis"):
-        LSTMOptimizer(_model().parameters()).load_state_dict(saved_opt)
+        LSTMOptimizer(_model().parameters(), lopt=V1).load_state_dict(saved_opt)
 
 
 def test_bad_basis_settings_are_user_errors(tmp_path):
@@ -134,16 +136,17 @@ def test_bad_basis_settings_are_user_errors(tmp_path):
 
 
 def test_a_file_can_store_the_basis_it_runs_in(tmp_path):
-    net, blob = load_lopt(PRETRAINED)
+    net, blob = load_lopt(V1)
     save_lopt(net, tmp_path / "lopt.pt", lr=blob["lr"], basis="shampoo")
     assert LSTMOptimizer(_model().parameters(), lopt=tmp_path / "lopt.pt").bases
     assert not LSTMOptimizer(_model().parameters(), lopt=tmp_path / "lopt.pt", basis="coordinate").bases
-    assert not LSTMOptimizer(_model().parameters()).bases  # a file without the key: each coordinate as given
+    assert not LSTMOptimizer(_model().parameters(), lopt=V1).bases  # a file without the key: coordinates as given
     with pytest.raises(UserError, match="has basis 'eigen'"):
         load_lopt(lopt_blob(net, 1e-3, basis="eigen"))
 
 
-def test_the_shipped_v9_runs_in_the_basis_at_its_stored_step():
-    _, blob = load_lopt(PRETRAINED.parent / "lopt-v9.pt")
-    opt = LSTMOptimizer(_model().parameters(), lopt=PRETRAINED.parent / "lopt-v9.pt")
+def test_the_default_is_v9_run_in_the_basis_at_its_stored_step():
+    assert PRETRAINED.read_bytes() == (PRETRAINED.parent / "lopt-v9.pt").read_bytes()
+    _, blob = load_lopt(None)
+    opt = LSTMOptimizer(_model().parameters())
     assert opt.basis == "shampoo" and opt.param_groups[0]["lr"] == blob["lr"] and blob["max_fan_in"] == 800
