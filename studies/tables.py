@@ -43,6 +43,8 @@ LONG_RUNS = [  # (folder under docs/results, what ran there; the numbers come fr
                                  "143–145, compiled step, 2-core CPU, two at a time and for a while beside the test "
                                  "suite (compare its losses with the Adam runs of the same seeds above, not its "
                                  "seconds)"),
+    ("lopt-v9/long100x-rmse-v9-noguard", "the same, seeds 144 and 145, without the spike guard, the two at a time, "
+                                         "alone on the CPU"),
 ]
 LATE_FROM_WINDOW = 3  # logged every 50 steps: ratios of window i+1 to i from step 200 on, past the warm-up transients
 
