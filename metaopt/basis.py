@@ -88,14 +88,17 @@ class ShampooBasis:
 
 def alignment(new_bases: list, old_bases: list, shape: torch.Size, order: torch.Tensor) -> torch.Tensor:
     """<new basis vector j, old basis vector order[j]> for each flat coordinate j of a tensor of this shape. A
-    tensor's basis vectors are products of one column per dimension (an empty basis: the identity there), so the
-    inner product is the product of the columns' inner products."""
-    product = torch.ones(order.numel(), device=order.device)
-    if not any(len(basis) for basis in new_bases):  # vectors and scalars keep their coordinates
-        return product
-    new_index = torch.unravel_index(torch.arange(order.numel(), device=order.device), shape)
-    old_index = torch.unravel_index(order, shape)
+    tensor's basis vectors are products of one column per dimension (an empty basis: the identity there), and a
+    refresh re-sorts each dimension on its own, so the inner product is a product of one factor per dimension that
+    depends on the coordinate's index along that dimension alone: computed per dimension, then broadcast (taking
+    every coordinate's indices apart with integer divisions cost more than the rest of a refresh)."""
+    grid = order.view(shape)
+    product = torch.ones([1] * len(shape), device=order.device)
     for dim, (new, old) in enumerate(zip(new_bases, old_bases)):
         if len(new):
-            product = product * (new.T @ old)[new_index[dim], old_index[dim]]
-    return product
+            # the old index along `dim` of the coordinates (0, .., i, .., 0): this dimension's re-sorting
+            line = grid[tuple(slice(None) if d == dim else 0 for d in range(len(shape)))]
+            moved = torch.div(line, grid.stride(dim), rounding_mode="floor") % shape[dim]
+            factor = (new.T @ old)[torch.arange(shape[dim], device=order.device), moved]
+            product = product * factor.view([-1 if d == dim else 1 for d in range(len(shape))])
+    return product.expand(shape).reshape(-1)

@@ -86,11 +86,17 @@ class FusedStep:
         lr = torch.tensor(lr, device=g.device, dtype=g.dtype)  # a tensor: a new lr does not recompile
         one_minus = self.one_minus.to(g.dtype)
         if self.cfg.arch == "coordinate":
-            update = self._coordinate(g, state["m"], state["v"], state["h"], state["c"], one_minus, c1, c2, lr, params,
+            # The state as lists of rows, each its own input: inductor then writes each row back in place within
+            # the loop that reads it; handed one [rows, P] tensor, it stages the new rows in temporaries and copies
+            # them over in loops of their own (docs/speed.md).
+            h, c = state["h"].unbind(), state["c"].unbind()
+            P = g.shape[0]
+            seen = (lambda rows: [row[:P] for row in rows]) if self.cfg.odd else list  # odd: [as seen | mirrored]
+            update = self._coordinate(g, state["m"], state["v"], seen(h), seen(c), one_minus, c1, c2, lr, params,
                                       progress)
             if self.cfg.odd:  # `update` is the raw output rows of the history as seen
-                update = self._mirrored(update, g, state["m"], state["v"], state["h"], state["c"], c1, c2, lr, params,
-                                        progress)
+                update = self._mirrored(update, g, state["m"], state["v"], [row[P:] for row in h],
+                                        [row[P:] for row in c], c1, c2, lr, params, progress)
             state["t"] = t
             return update
         # Per-tensor statistics eagerly, from the compiled features: compiled, each tensor's reductions became kernels
@@ -110,7 +116,8 @@ class FusedStep:
         return self.net.feature_rows(g, m, v, c1, c2, params, progress)
 
     def _lstm_rows(self, inp, h, c):
-        """The coordinate LSTM on feature rows, its state h, c [L*H, n] advanced in place -> raw output rows."""
+        """The coordinate LSTM on feature rows, its state h, c (lists of L*H rows [n]) advanced in place -> raw output
+        rows."""
         net, H = self.net, self.cfg.hidden
         hs, cs = [], []
         for layer in range(self.cfg.layers):
@@ -122,25 +129,24 @@ class FusedStep:
                 inp.append(torch.sigmoid(o) * tanh(c_j))
                 cs.append(c_j)
             hs.extend(inp)
-        h.copy_(torch.stack(hs))
-        c.copy_(torch.stack(cs))
+        for row, new in zip(h + c, hs + cs):
+            row.copy_(new)
         return linear_rows(inp, net.out_w, net.out_b)
 
     def _coordinate_loop(self, g, m, v, h, c, one_minus, c1, c2, lr, params, progress):
         """Moments in place, the coordinate LSTM on the history as seen -> the update, or (`odd`) the raw output
-        rows [O, P], the LSTM's state in the first half of the columns of h, c (LSTMOptimizerNet.step)."""
+        rows [O, P]; h, c: the rows of the LSTM's state, `odd`: of the history as seen (LSTMOptimizerNet.step)."""
         inp, directions = self._moments_and_features(g, m, v, one_minus, c1, c2, params, progress)
         if not self.cfg.odd:
             return -lr * self.net.head(self._lstm_rows(inp, h, c), directions)
-        P = g.shape[0]
-        return torch.stack(self._lstm_rows(inp, h[:, :P], c[:, :P]))
+        return torch.stack(self._lstm_rows(inp, h, c))
 
     def _mirrored_loop(self, seen, g, m, v, h, c, c1, c2, lr, params, progress):
-        """`odd`: the coordinate LSTM on the sign-flipped history (second half of the state columns), folded with
-        the raw rows `seen` -> the update."""
-        net, P = self.net, g.shape[0]
+        """`odd`: the coordinate LSTM on the sign-flipped history (h, c: its state's rows), folded with the raw rows
+        `seen` -> the update."""
+        net = self.net
         directions = net.feature_rows(g, m, v, c1, c2, params, progress)[1]
-        mirrored = self._lstm_rows(net.feature_rows(-g, -m, v, c1, c2, params, progress)[0], h[:, P:], c[:, P:])
+        mirrored = self._lstm_rows(net.feature_rows(-g, -m, v, c1, c2, params, progress)[0], h, c)
         return -lr * net.head(net.fold_mirrored(seen, torch.stack(mirrored)), directions)
 
     def _features_loop(self, g, m, v, one_minus, c1, c2, params, progress):

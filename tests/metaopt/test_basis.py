@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from metaopt.basis import FREQUENCY, ShampooBasis
+from metaopt import basis as basis_module
+from metaopt.basis import FREQUENCY, ShampooBasis, alignment
 from metaopt.errors import UserError
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
 from metaopt.optim import PRETRAINED, LSTMOptimizer, follow_basis, load_lopt, lopt_blob, save_lopt
@@ -52,6 +53,28 @@ def test_a_refresh_reports_how_it_reordered_the_coordinates():
     assert sorted(order.tolist()) == list(range(9)) and order.tolist() != list(range(9))
     after = basis.rotate([probe])[0].reshape(-1)
     assert torch.allclose(after, before[order] * sign, atol=1e-5)
+
+
+def test_a_refresh_of_a_four_dimensional_tensor_reports_each_coordinates_turn(monkeypatch):
+    """The signs are worked out per dimension and broadcast: check them coordinate by coordinate, on a conv-shaped
+    tensor whose refresh re-sorts and turns directions along several dimensions."""
+    calls = []
+    monkeypatch.setattr(basis_module, "alignment", lambda *args: calls.append(args) or alignment(*args))
+    gen = torch.Generator().manual_seed(0)
+    shape = (3, 4, 2, 5)
+    basis = ShampooBasis([nn.Parameter(torch.zeros(shape))])
+    basis.rotate([torch.randn(shape, generator=gen)])
+    scales = torch.tensor([1.0, 9.0, 0.2])[:, None, None, None] * torch.linspace(3, 0.1, 5)  # new dominant directions
+    order, sign = [basis.refresh([torch.randn(shape, generator=gen) * scales]) for _ in range(FREQUENCY)][-1]
+    moved = order.view(shape)
+    assert not torch.equal(moved[:, 0, 0, 0], torch.arange(3) * 40) and not torch.equal(moved[0, 0, 0], torch.arange(5))
+    new_bases, old_bases, _, _ = calls[-1]
+    new_index, old_index = torch.unravel_index(torch.arange(order.numel()), shape), torch.unravel_index(order, shape)
+    expected = torch.ones(order.numel())
+    for dim, (new, old) in enumerate(zip(new_bases, old_bases)):
+        expected *= (new.T @ old)[new_index[dim], old_index[dim]]
+    assert (expected < 0).any() and (expected > 0).any()
+    assert torch.equal(sign, torch.where(expected < 0, -1.0, 1.0))
 
 
 def test_the_learned_optimizer_in_the_basis_trains_and_stays_odd():
