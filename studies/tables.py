@@ -294,8 +294,8 @@ def learned_optimizers_section(results: Path) -> list[str]:
             f"marked *tuned* at the step its grid's tuning runs chose by Adam's rule; *fan-in rule ≤ F*: a tensor "
             f"of fan-in above F moved by F / its fan-in of the update (metaopt.optim); *shampoo basis*: the network "
             f"ran in each tensor's Shampoo eigenbasis, SOAP's (metaopt.basis). Files are named as they were run: "
-            f"`lopt.pt` f820ea9c is v1, now `lopt-v1.pt`; the default `lopt.pt` has been v9 (ce5771bb, `lopt-v9.pt`) since. How the runs were "
-            f"made and which seeds were looked at: the README in each results folder.", "",
+            f"`lopt.pt` f820ea9c is v1, now `lopt-v1.pt`; the default `lopt.pt` has been v9 (ce5771bb, `lopt-v9.pt`) "
+            f"since. How the runs were made and which seeds were looked at: the README in each results folder.", "",
             *_table(["compare", "distortion", "N/M", "learned optimizer (sha256)", "its step", "Adam lr", "seeds",
                      "steps ×", "seconds ×", "loss × at T", "diverged"], rows), ""]
 
