@@ -4,12 +4,15 @@ Prints one JSON object (and writes it to `--out`). Per codec scale (paper: bmshj
 8 crops of 256²; cpu: configs/codec/default.yaml's model and sizes):
   * step_time_s — one codec.train step (zero_grad, forward, RD loss, backward, grad clip, optimizer step, aux
     zero_grad/backward/step) with Adam and with each learned optimizer (by default one per LSTM arch,
-    "lstm-coordinate" and "lstm-tensor") on identically initialised models and the same batch; rounds
-    interleave them (alternating order) after warm-up; medians, and their ratios to Adam's;
-  * update_time_s — Adam.step vs LSTMOptimizer.step alone on the same (clipped) gradients;
+    "lstm-coordinate" and "lstm-tensor") on identically initialised models and the same batches; rounds
+    interleave them (alternating order) after warm-up; a round is one step, or a whole refresh period of the
+    basis when a learned optimizer runs in one (settings.steps_per_round); medians over rounds of the seconds per
+    step, and their ratios to Adam's; skipped_updates counts the learned optimizers' skipped (non-finite) updates,
+    which would make a timing meaningless;
+  * update_time_s — Adam.step vs LSTMOptimizer.step alone on the same (clipped) gradients, in the same rounds;
   * compile_wait_s — (compiled steps) the first training step's extra seconds in a fresh process on an empty
     inductor cache, and in a second fresh process on the cache the first left: what a first and a later run wait;
-  * peak_mem_mb — peak memory above the post-set-up baseline during `warmup + 1` training steps, each optimizer
+  * peak_mem_mb — peak memory above the post-set-up baseline during `warmup + 1` rounds of steps, each optimizer
     in a fresh subprocess so high-water marks never mix (CPU: /proc/self/status VmHWM, reset to the current RSS
     through /proc/self/clear_refs; CUDA: torch.cuda.max_memory_allocated).
 Meta-training, through the real code (`metaopt.meta_train.build_family`/`lstm_config`, `metaopt.unroll.start_task`/
@@ -37,6 +40,7 @@ import torch
 from codec.data import CropBatches, list_images
 from codec.losses import RateDistortionLoss
 from codec.models import MODELS, build_model, latent_stride, resolve_device, split_parameters
+from metaopt.basis import FREQUENCY
 from metaopt.checkpoint import seed_everything
 from metaopt.config import CONFIG_DIR, parse_config, read_yaml
 from metaopt.errors import UserError, cli_entry
@@ -59,20 +63,35 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Median wall seconds of each function. Every round calls each function once, in alternating order, so
-    that load from other processes and cache effects hit all of them alike; `warmup` rounds are untimed."""
+def interleaved_medians(fns: dict, repeats: int, warmup: int, device: torch.device,
+                        calls_per_round: int = 1) -> dict[str, float]:
+    """Median over rounds of each function's mean wall seconds per call. Every round calls each function
+    `calls_per_round` times in a row, in alternating order, so that load from other processes and cache effects hit
+    all of them alike; `warmup` rounds are untimed."""
     names = list(fns)
     times = {name: [] for name in names}
     for round_ in range(warmup + repeats):
         for name in names if round_ % 2 == 0 else names[::-1]:
             synchronize(device)
             start = time.perf_counter()
-            fns[name]()
+            for _ in range(calls_per_round):
+                fns[name]()
             synchronize(device)
             if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append((time.perf_counter() - start) / calls_per_round)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def steps_per_round(lopts: dict) -> int:
+    """How many consecutive steps one timing covers: a learned optimizer in the Shampoo basis refreshes its basis
+    every basis.FREQUENCY steps, at a cost several ordinary steps long, so its rounds time whole refresh periods
+    (a median of single steps would leave the refresh out); 1 when no optimizer has a period."""
+    in_basis = any(lopt_basis(source["lopt"]) == "shampoo" for source in lopts.values())
+    return FREQUENCY if in_basis else 1
+
+
+def lopt_basis(source) -> str:
+    return load_lopt(source)[1].get("basis", "coordinate") if isinstance(source, str) else "coordinate"
 
 
 class PeakMemory:
@@ -130,12 +149,18 @@ class CodecRun:
     optimizer: torch.optim.Optimizer
     aux_optimizer: torch.optim.Optimizer
     loss_fn: RateDistortionLoss
-    x: torch.Tensor
+    batches: CropBatches
+    device: torch.device
     grad_clip: float
+    steps: int = 0
 
     def step(self) -> None:
-        """The work of one codec.train step (without its logging and NaN guard)."""
-        train_step(self.optimizer, lambda: self.loss_fn(self.model(self.x), self.x), self.grad_clip,
+        """The work of one codec.train step (without its logging and NaN guard), on the step's own batch: timings
+        span many steps, and a learned optimizer at its stored step can blow up when fed one batch over and over
+        (then its skipped updates would time as nearly free)."""
+        x = self.batches.batch(self.steps).to(self.device)
+        self.steps += 1
+        train_step(self.optimizer, lambda: self.loss_fn(self.model(x), x), self.grad_clip,
                    self.aux_optimizer, self.model.aux_loss)
 
 
@@ -160,11 +185,11 @@ def codec_run(scale: dict, optimizer: str, spec: dict) -> CodecRun:
     batches = CropBatches(list_images(None, "train"), scale["crop"], scale["batch_size"], spec["seed"])
     return CodecRun(model, net_params, make_optimizer(optimizer, net_params, spec),
                     torch.optim.Adam(aux_params, lr=spec["aux_lr"]), RateDistortionLoss(spec["lmbda"], spec["distortion"]),
-                    batches.batch(0).to(device), spec["grad_clip"])
+                    batches, device, spec["grad_clip"])
 
 
 def codec_memory_probe(spec: dict) -> dict:
-    """(In a fresh process.) Peak memory of `warmup + 1` training steps of one optimizer."""
+    """(In a fresh process.) Peak memory of `warmup + 1` rounds of training steps of one optimizer."""
     torch.set_num_threads(spec["threads"])
     run = codec_run(spec["scale"], spec["optimizer"], spec)
     if spec["optimizer"] != "adam" and spec["lopts"][spec["optimizer"]]["compile"]:
@@ -175,7 +200,7 @@ def codec_memory_probe(spec: dict) -> dict:
         make_optimizer(spec["optimizer"], params, spec).step()
         del params
     with PeakMemory(torch.device(spec["device"])) as peak:
-        for _ in range(spec["warmup"] + 1):
+        for _ in range((spec["warmup"] + 1) * spec["steps_per_round"]):
             run.step()
     return {"peak_mem_bytes": peak.peak_bytes}
 
@@ -211,7 +236,9 @@ def measure_scale(scale: dict, spec: dict) -> dict:
     runs = {name: codec_run(scale, name, spec) for name in names}
     net_params = sum(p.numel() for p in runs["adam"].net_params)
     steps = interleaved_medians({name: run.step for name, run in runs.items()}, spec["repeats"], spec["warmup"],
-                                device)
+                                device, spec["steps_per_round"])
+    # A skipped update (a non-finite gradient) costs next to nothing: timings with any would flatter the optimizer.
+    skipped = {name: runs[name].optimizer.skipped_updates for name in spec["lopts"]}
     # The optimizer update alone, all on copies of Adam's last clipped gradients.
     grads = [p.grad for p in runs["adam"].net_params]
     updates = {}
@@ -221,14 +248,14 @@ def measure_scale(scale: dict, spec: dict) -> dict:
             p.grad = g.clone()
         updates[name] = make_optimizer(name, params, spec).step
     del runs
-    update = interleaved_medians(updates, spec["repeats"], spec["warmup"], device)
+    update = interleaved_medians(updates, spec["repeats"], spec["warmup"], device, spec["steps_per_round"])
     memory = {name: run_probe("codec", {**spec, "scale": scale, "optimizer": name})["peak_mem_bytes"] / MB
               for name in names}
     compile_wait = {name: measure_compile_wait(scale, spec, name) for name in spec["lopts"]
                     if spec["lopts"][name]["compile"]}
     over_adam = lambda figures: {name: figures[name] / figures["adam"] for name in spec["lopts"]}  # noqa: E731
     return {**scale, "net_params": net_params, "compile_wait_s": compile_wait,
-            "step_time_s": steps, "step_time_ratio_over_adam": over_adam(steps),
+            "step_time_s": steps, "step_time_ratio_over_adam": over_adam(steps), "skipped_updates": skipped,
             "update_time_s": update, "update_time_ratio_over_adam": over_adam(update),
             "peak_mem_mb": memory, "peak_mem_ratio_over_adam": over_adam(memory)}
 
@@ -385,6 +412,9 @@ def main(argv=None) -> dict:
     for key, low in (("repeats", 1), ("warmup", 0), ("threads", 0)):
         if cfg[key] < low:
             raise UserError(f"{key} must be >= {low}, got {cfg[key]}")
+    rounds = cfg["steps_per_round"]
+    if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
+        raise UserError(f"steps_per_round must be null or a positive integer, got {rounds!r}")
     device = resolve_device(cfg["device"])
     threads = cfg["threads"] or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
@@ -392,11 +422,12 @@ def main(argv=None) -> dict:
     lopts, lopt_names = lopt_sources(cfg)
     codec_default = read_yaml(CONFIG_DIR / "codec" / "default.yaml")
     spec = {"device": device.type, "threads": threads, "seed": cfg["seed"], "repeats": cfg["repeats"],
-            "warmup": cfg["warmup"], "lopts": lopts, "fresh_lopt_lr": read_yaml(CONFIG_DIR / "meta" / "default.yaml")["lr"],
+            "warmup": cfg["warmup"], "steps_per_round": cfg["steps_per_round"] or steps_per_round(lopts), "lopts": lopts, "fresh_lopt_lr": read_yaml(CONFIG_DIR / "meta" / "default.yaml")["lr"],
             "adam_lr": cfg["adam_lr"], **{k: codec_default[k] for k in ("aux_lr", "lmbda", "distortion", "grad_clip")}}
 
     report = {"machine": machine(device, threads),
-              "settings": {"repeats": cfg["repeats"], "warmup": cfg["warmup"], "statistic": "median wall seconds",
+              "settings": {"repeats": cfg["repeats"], "warmup": cfg["warmup"], "steps_per_round": spec["steps_per_round"],
+                           "statistic": "median over rounds of the mean wall seconds per step",
                            "learned_optimizers": lopt_names,
                            "peak_memory": "MiB above the post-set-up baseline, fresh subprocess per measurement; "
                                           + ("torch.cuda.max_memory_allocated" if device.type == "cuda"

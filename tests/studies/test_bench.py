@@ -3,6 +3,8 @@ import json
 import pytest
 
 from metaopt.config import CONFIG_DIR, parse_config, read_yaml
+from metaopt.basis import FREQUENCY
+from studies import bench
 from studies.bench import codec_scales, main
 
 # Tiny everything: one codec scale of a few thousand parameters, meta-training at K=2 for 2 and 20 truncations.
@@ -39,6 +41,10 @@ def test_report_has_every_figure_with_sane_values(report):
             assert paper[f"{kind}_ratio_over_adam"][name] == pytest.approx(figures[name] / figures["adam"])
     # the optimizer update is part of the training step
     assert all(paper["update_time_s"][k] < paper["step_time_s"][k] for k in names)
+    # the shipped lopt.pt runs in the Shampoo basis: each round times a whole refresh period, and no update was
+    # skipped (a skipped one would time as nearly free)
+    assert report["settings"]["steps_per_round"] == FREQUENCY
+    assert paper["skipped_updates"] == {"lstm-coordinate": 0, "lstm-tensor": 0}
 
     meta = report["meta_training"]
     assert [r["unroll"] for r in meta["vs_unroll"]] == [2]
@@ -75,6 +81,8 @@ def test_cpu_scale_defaults_to_the_codec_default_config():
 @pytest.mark.parametrize("flags, message", [
     (["--scale", "huge"], "--scale must be paper, cpu or both"),
     (["--repeats", "0"], "repeats must be >= 1"),
+    (["--steps-per-round", "0"], "steps_per_round must be null or a positive integer"),
+    (["--steps-per-round", "x"], "steps_per_round must be null or a positive integer"),
     (["--paper-crop", "100"], "paper_crop must be a multiple of 64"),
     (["--cpu-model", "nope", "--scale", "cpu"], "unknown cpu_model"),
     (["--meta-unrolls", "0"], "meta_unrolls must be a list of positive integers"),
@@ -98,8 +106,10 @@ def test_a_given_lopt_file_is_timed_alone_under_its_arch(tmp_path):
     # one that reads the training progress, which needs a planned length (v3 does)
     cfg = LSTMConfig(arch="tensor", hidden=4, features=["grad_logsign", "adam_grad", "momenta", "progress"])
     save_lopt(LSTMOptimizerNet(cfg), path, lr=1e-3)
-    report = main(TINY + ["--meta", "false", "--lopt", str(path), "--out", str(tmp_path / "b.json")])
+    report = main(TINY + ["--meta", "false", "--lopt", str(path), "--steps-per-round", "2",
+                          "--out", str(tmp_path / "b.json")])
     assert report["settings"]["learned_optimizers"] == {"lstm-tensor": f"{path}, eager step"}
+    assert report["settings"]["steps_per_round"] == 2  # as asked, though this network has no basis to refresh
     assert set(report["codec"]["paper"]["step_time_s"]) == {"adam", "lstm-tensor"}
 
 
@@ -109,3 +119,30 @@ def test_each_learned_optimizer_is_timed_eager_and_compiled():
     assert sources["lstm-tensor"]["compile"] is False and sources["lstm-tensor-compiled"]["compile"] is True
     assert sources["lstm-tensor"]["lopt"] == sources["lstm-tensor-compiled"]["lopt"]
     assert "compiled" in described["lstm-tensor-compiled"] and "eager" in described["lstm-tensor"]
+
+
+def test_each_round_times_several_calls_and_reports_seconds_per_call(monkeypatch):
+    """On a fake clock that each call moves on by its function's cost: the medians are exact per-call costs, and
+    each function ran (warmup + repeats) rounds of calls_per_round calls."""
+    clock, calls = [0.0], {"a": 0, "b": 0}
+
+    def costing(name, seconds):
+        def call():
+            calls[name] += 1
+            clock[0] += seconds * (3 if calls[name] % 10 == 0 else 1)  # every 10th call is dearer, like a refresh
+        return call
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    medians = bench.interleaved_medians({"a": costing("a", 1.0), "b": costing("b", 2.0)}, repeats=3, warmup=1,
+                                        device=bench.torch.device("cpu"), calls_per_round=10)
+    assert calls == {"a": 40, "b": 40}
+    assert medians == pytest.approx({"a": 1.2, "b": 2.4})  # the dear call counted once per round, not left out
+
+
+def test_rounds_span_a_basis_refresh_only_when_an_optimizer_has_one(tmp_path):
+    from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
+    from metaopt.optim import PRETRAINED, save_lopt
+    coordinate = tmp_path / "coordinate.pt"
+    save_lopt(LSTMOptimizerNet(LSTMConfig(hidden=4)), coordinate, lr=1e-3)
+    assert bench.steps_per_round({"fresh": {"lopt": {"arch": "tensor"}}, "file": {"lopt": str(coordinate)}}) == 1
+    assert bench.steps_per_round({"shipped": {"lopt": str(PRETRAINED)}}) == FREQUENCY
