@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from metaopt.config import CONFIG_DIR, parse_config, read_yaml
 from metaopt.basis import FREQUENCY
+from metaopt.config import CONFIG_DIR, parse_config, read_yaml
 from studies import bench
 from studies.bench import codec_scales, main
 
