@@ -86,12 +86,9 @@ def steps_per_round(lopts: dict) -> int:
     """How many consecutive steps one timing covers: a learned optimizer in the Shampoo basis refreshes its basis
     every basis.FREQUENCY steps, at a cost several ordinary steps long, so its rounds time whole refresh periods
     (a median of single steps would leave the refresh out); 1 when no optimizer has a period."""
-    in_basis = any(lopt_basis(source["lopt"]) == "shampoo" for source in lopts.values())
+    files = [source["lopt"] for source in lopts.values() if isinstance(source["lopt"], str)]  # fresh ones: no basis
+    in_basis = any(load_lopt(file)[1].get("basis") == "shampoo" for file in files)
     return FREQUENCY if in_basis else 1
-
-
-def lopt_basis(source) -> str:
-    return load_lopt(source)[1].get("basis", "coordinate") if isinstance(source, str) else "coordinate"
 
 
 class PeakMemory:
@@ -422,11 +419,13 @@ def main(argv=None) -> dict:
     lopts, lopt_names = lopt_sources(cfg)
     codec_default = read_yaml(CONFIG_DIR / "codec" / "default.yaml")
     spec = {"device": device.type, "threads": threads, "seed": cfg["seed"], "repeats": cfg["repeats"],
-            "warmup": cfg["warmup"], "steps_per_round": cfg["steps_per_round"] or steps_per_round(lopts), "lopts": lopts, "fresh_lopt_lr": read_yaml(CONFIG_DIR / "meta" / "default.yaml")["lr"],
+            "warmup": cfg["warmup"], "steps_per_round": cfg["steps_per_round"] or steps_per_round(lopts),
+            "lopts": lopts, "fresh_lopt_lr": read_yaml(CONFIG_DIR / "meta" / "default.yaml")["lr"],
             "adam_lr": cfg["adam_lr"], **{k: codec_default[k] for k in ("aux_lr", "lmbda", "distortion", "grad_clip")}}
 
     report = {"machine": machine(device, threads),
-              "settings": {"repeats": cfg["repeats"], "warmup": cfg["warmup"], "steps_per_round": spec["steps_per_round"],
+              "settings": {"repeats": cfg["repeats"], "warmup": cfg["warmup"],
+                           "steps_per_round": spec["steps_per_round"],
                            "statistic": "median over rounds of the mean wall seconds per step",
                            "learned_optimizers": lopt_names,
                            "peak_memory": "MiB above the post-set-up baseline, fresh subprocess per measurement; "
