@@ -43,14 +43,34 @@ def linear_rows(rows: list[torch.Tensor], w: torch.Tensor, b: torch.Tensor | Non
     return out
 
 
+# A rational approximation of tanh on [-TANH_CLAMP, TANH_CLAMP], where float32 tanh has not yet rounded to +-1:
+# x p(x^2) / q(x^2) with Eigen's coefficients for float tanh (degrees 6 and 3 in x^2).
+TANH_NUMERATOR = (4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08,
+                  -8.60467152213735e-11, 2.00018790482477e-13, -2.76076847742355e-16)
+TANH_DENOMINATOR = (4.89352518554385e-03, 2.26843463243900e-03, 1.18534705686654e-04, 1.19825839466702e-06)
+TANH_CLAMP = 7.99881172180175781
+
+
+def polynomial(x: torch.Tensor, coefficients: tuple[float, ...]) -> torch.Tensor:
+    """sum_k coefficients[k] x^k, by Horner's rule."""
+    out = coefficients[-1]
+    for c in reversed(coefficients[:-1]):
+        out = out * x + c
+    return out
+
+
 def tanh(x: torch.Tensor) -> torch.Tensor:
-    """tanh from one exp: 2 sigmoid(2x) - 1, with its Taylor series where that difference would cancel
-    (|x| < 1/8, where the first omitted term is far below float32 rounding). Why not torch.tanh: inductor's
-    vectorised CPU tanh costs more than an exp, and the coordinate LSTM takes two per unit and coordinate each step
-    (docs/speed.md)."""
+    """tanh as a ratio of polynomials, within a few float32 roundings of it everywhere. Why not torch.tanh, or
+    torch.sigmoid's exp: the coordinate LSTM takes 3 sigmoids and 2 tanh per unit and coordinate each step, and
+    inductor's vectorised CPU exp costs more than these multiply-adds and one division (docs/speed.md)."""
+    x = x.clamp(-TANH_CLAMP, TANH_CLAMP)
     x2 = x * x
-    series = x * (1 + x2 * (-1 / 3 + x2 * (2 / 15 + x2 * (-17 / 315))))
-    return torch.where(x.abs() < 0.125, series, 2 / (1 + torch.exp(-2 * x)) - 1)
+    return x * polynomial(x2, TANH_NUMERATOR) / polynomial(x2, TANH_DENOMINATOR)
+
+
+def sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """sigmoid(x) = (1 + tanh(x / 2)) / 2, from the exp-free `tanh`."""
+    return 0.5 + 0.5 * tanh(0.5 * x)
 
 
 class FusedStep:
@@ -125,8 +145,8 @@ class FusedStep:
             inp = []
             for j in range(H):
                 i, f, g_, o = (gates[k * H + j] for k in range(4))
-                c_j = torch.sigmoid(f) * c[layer * H + j] + torch.sigmoid(i) * tanh(g_)
-                inp.append(torch.sigmoid(o) * tanh(c_j))
+                c_j = sigmoid(f) * c[layer * H + j] + sigmoid(i) * tanh(g_)
+                inp.append(sigmoid(o) * tanh(c_j))
                 cs.append(c_j)
             hs.extend(inp)
         for row, new in zip(h + c, hs + cs):
