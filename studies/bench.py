@@ -9,6 +9,9 @@ Prints one JSON object (and writes it to `--out`). Per codec scale (paper: bmshj
     basis when a learned optimizer runs in one (settings.steps_per_round); medians over rounds of the seconds per
     step, and their ratios to Adam's; skipped_updates counts the learned optimizers' skipped (non-finite) updates,
     which would make a timing meaningless;
+  * optimizer_in_step_s, rest_of_step_s — step_time_s split into the optimizer's step (timed through torch.optim's
+    step hooks, medians over the same rounds) and the rest: the forward and backward passes are the same work for
+    every optimizer, so their spread between runs shows in rest_of_step_s, apart from the optimizer's own cost;
   * update_time_s — Adam.step vs LSTMOptimizer.step alone on the same (clipped) gradients, in the same rounds;
   * compile_wait_s — (compiled steps) the first training step's extra seconds in a fresh process on an empty
     inductor cache, and in a second fresh process on the cache the first left: what a first and a later run wait;
@@ -80,6 +83,30 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int, device: torch.devi
             if round_ >= warmup:
                 times[name].append((time.perf_counter() - start) / calls_per_round)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def step_seconds(optimizer: torch.optim.Optimizer, device: torch.device) -> list[float]:
+    """A list that collects the wall seconds of each later `optimizer.step` call (torch.optim's step hooks)."""
+    seconds, start = [], []
+
+    def before(*_):
+        synchronize(device)
+        start.append(time.perf_counter())
+
+    def after(*_):
+        synchronize(device)
+        seconds.append(time.perf_counter() - start.pop())
+
+    optimizer.register_step_pre_hook(before)
+    optimizer.register_step_post_hook(after)
+    return seconds
+
+
+def median_of_round_means(calls: list[float], repeats: int, calls_per_round: int) -> float:
+    """The median over the last `repeats` rounds of the mean of each round's `calls_per_round` calls."""
+    timed = calls[len(calls) - repeats * calls_per_round:]
+    return statistics.median(statistics.fmean(timed[i:i + calls_per_round])
+                             for i in range(0, len(timed), calls_per_round))
 
 
 def steps_per_round(lopts: dict) -> int:
@@ -232,8 +259,11 @@ def measure_scale(scale: dict, spec: dict) -> dict:
     names = ["adam", *spec["lopts"]]
     runs = {name: codec_run(scale, name, spec) for name in names}
     net_params = sum(p.numel() for p in runs["adam"].net_params)
+    optimizer_calls = {name: step_seconds(run.optimizer, device) for name, run in runs.items()}
     steps = interleaved_medians({name: run.step for name, run in runs.items()}, spec["repeats"], spec["warmup"],
                                 device, spec["steps_per_round"])
+    in_step = {name: median_of_round_means(calls, spec["repeats"], spec["steps_per_round"])
+               for name, calls in optimizer_calls.items()}
     # A skipped update (a non-finite gradient) costs next to nothing: timings with any would flatter the optimizer.
     skipped = {name: runs[name].optimizer.skipped_updates for name in spec["lopts"]}
     # The optimizer update alone, all on copies of Adam's last clipped gradients.
@@ -253,6 +283,7 @@ def measure_scale(scale: dict, spec: dict) -> dict:
     over_adam = lambda figures: {name: figures[name] / figures["adam"] for name in spec["lopts"]}  # noqa: E731
     return {**scale, "net_params": net_params, "compile_wait_s": compile_wait,
             "step_time_s": steps, "step_time_ratio_over_adam": over_adam(steps), "skipped_updates": skipped,
+            "optimizer_in_step_s": in_step, "rest_of_step_s": {name: steps[name] - in_step[name] for name in names},
             "update_time_s": update, "update_time_ratio_over_adam": over_adam(update),
             "peak_mem_mb": memory, "peak_mem_ratio_over_adam": over_adam(memory)}
 

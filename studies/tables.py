@@ -128,9 +128,10 @@ def bench_section(results: Path) -> list[str]:
             for i, (opt, step) in enumerate(c["step_time_s"].items()):
                 label = f"{scale}: {c['model']} N={c['N']} M={c['M']}, {c['batch_size']}×{c['crop']}²"
                 rows.append([label if i == 0 else "", opt, step, c["step_time_ratio_over_adam"].get(opt),
+                             c.get("optimizer_in_step_s", {}).get(opt), c.get("rest_of_step_s", {}).get(opt),
                              c["update_time_s"][opt], c["peak_mem_mb"][opt], c["peak_mem_ratio_over_adam"].get(opt)])
-        out += _table(["codec step", "optimizer", "step (s)", "× Adam", "update alone (s)", "peak MiB", "× Adam"],
-                      rows) + [""]
+        out += _table(["codec step", "optimizer", "step (s)", "× Adam", "its optimizer (s)", "the rest (s)",
+                       "update alone (s)", "peak MiB", "× Adam"], rows) + [""]
         out += [f"- `{opt}`: {label}" for opt, label in bench["settings"]["learned_optimizers"].items()] + [""]
         if "meta_training" in bench:
             meta = bench["meta_training"]

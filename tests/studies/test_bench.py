@@ -39,8 +39,11 @@ def test_report_has_every_figure_with_sane_values(report):
         assert set(figures) == names and all(t > 0 for t in figures.values())
         for name in names - {"adam"}:
             assert paper[f"{kind}_ratio_over_adam"][name] == pytest.approx(figures[name] / figures["adam"])
-    # the optimizer update is part of the training step
+    # the optimizer update is part of the training step, and the step splits into the optimizer's part and the rest
     assert all(paper["update_time_s"][k] < paper["step_time_s"][k] for k in names)
+    for name in names:
+        inside, rest = paper["optimizer_in_step_s"][name], paper["rest_of_step_s"][name]
+        assert 0 < inside < paper["step_time_s"][name] and rest == pytest.approx(paper["step_time_s"][name] - inside)
     # the shipped lopt.pt runs in the Shampoo basis: each round times a whole refresh period, and no update was
     # skipped (a skipped one would time as nearly free)
     assert report["settings"]["steps_per_round"] == FREQUENCY
@@ -146,3 +149,23 @@ def test_rounds_span_a_basis_refresh_only_when_an_optimizer_has_one(tmp_path):
     save_lopt(LSTMOptimizerNet(LSTMConfig(hidden=4)), coordinate, lr=1e-3)
     assert bench.steps_per_round({"fresh": {"lopt": {"arch": "tensor"}}, "file": {"lopt": str(coordinate)}}) == 1
     assert bench.steps_per_round({"shipped": {"lopt": str(PRETRAINED)}}) == FREQUENCY
+
+
+def test_step_seconds_times_each_optimizer_step_through_the_hooks_and_rounds_take_the_median(monkeypatch):
+    import torch
+
+    from metaopt.optim import LSTMOptimizer
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = LSTMOptimizer([param])  # a subclass's own step, wrapped by torch.optim like Adam's
+    seconds = bench.step_seconds(optimizer, torch.device("cpu"))
+    optimizer.register_step_post_hook(lambda *_: None)  # a later hook does not disturb the timing
+    for cost in (1.0, 2.0, 4.0, 8.0):
+        param.grad = torch.ones(3)
+        clock[0] += 100.0  # time outside the step does not count
+        optimizer.step(lambda cost=cost: clock.__setitem__(0, clock[0] + cost))  # the closure runs inside the step
+    assert seconds == [1.0, 2.0, 4.0, 8.0]
+    # the last round of 2 calls (4, 8): mean 6; single calls, the last 3 (1, 2, 4 after the untimed 9): median 2
+    assert bench.median_of_round_means(seconds, repeats=1, calls_per_round=2) == 6.0
+    assert bench.median_of_round_means([9.0, 1.0, 2.0, 4.0], repeats=3, calls_per_round=1) == 2.0
