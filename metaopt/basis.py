@@ -9,11 +9,13 @@ eigenbasis a diagonal rule fits far better, which is why SOAP beats Adam by a wi
 gradient is rotated in, the network's update rotated out. A rotation is linear, so an update that is odd in the
 gradient stays odd.
 
-The bookkeeping is pytorch-optimizer's SOAP (its statistics, eigendecompositions, power-iteration refreshes and
-projections), driven here one tensor at a time; nothing of it is restated. Only one thing is added: SOAP keeps its
-first moment in the tensor's own coordinates and re-sorts its second moment when a refresh re-sorts the basis,
-whereas all of a learned optimizer's state lives in the basis. So `refresh` reports how the coordinates moved: the
-new order, and which directions the refresh's QR turned around (metaopt.optim.follow_basis carries the state over).
+The bookkeeping is pytorch-optimizer's SOAP (its state, eigendecompositions and power-iteration refreshes), driven
+here one tensor at a time. Two things are added. SOAP keeps its first moment in the tensor's own coordinates and
+re-sorts its second moment when a refresh re-sorts the basis, whereas all of a learned optimizer's state lives in
+the basis. So `refresh` reports how the coordinates moved: the new order, and which directions the refresh's QR
+turned around (metaopt.optim.follow_basis carries the state over). And the work a step does over every coordinate,
+the statistics (`gram_matrices`) and the two rotations (`project`), is SOAP's math in fewer passes over a conv
+weight: it was about two fifths of the learned optimizer's step at paper scale (docs/speed.md).
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ BASES = ("coordinate", "shampoo")
 # SOAP's defaults: a new basis every 10 steps from statistics averaged with beta 0.95; a dimension longer than
 # max_dim keeps its coordinates.
 FREQUENCY, BETA, MAX_DIM = 10, 0.95, 10_000
+# The last two dimensions of a tensor of three or more (a conv kernel's) are treated as one when their sizes
+# multiply to at most this.
+KERNEL = 64
 
 
 class ShampooBasis:
@@ -46,13 +51,13 @@ class ShampooBasis:
             if not state:  # the first basis comes from the first gradient's statistics (an eigendecomposition)
                 self.soap.init_pre_conditioner(g, state, precondition_frequency=FREQUENCY, shampoo_beta=BETA,
                                                max_precondition_dim=MAX_DIM)
-                self.soap.update_pre_conditioner(g, state, step=0, max_precondition_dim=MAX_DIM)
-            out.append(self.soap.project(g, state, max_precondition_dim=MAX_DIM))
+                accumulate(g, state)
+                state["Q"] = self.soap.get_orthogonal_matrix(state["GG"])
+            out.append(project(g, state["Q"]))
         return out
 
     def unrotate(self, updates: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.soap.project(u, self.soap.state[p], max_precondition_dim=MAX_DIM, project_type="backward")
-                for p, u in zip(self.params, updates)]
+        return [project(u, self.soap.state[p]["Q"], back=True) for p, u in zip(self.params, updates)]
 
     def refresh(self, grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Fold this step's gradients into the statistics; every FREQUENCY steps, one power iteration refreshes each
@@ -65,14 +70,15 @@ class ShampooBasis:
         step = group["step"]
         if step % FREQUENCY:
             for p, g in zip(self.params, grads):
-                self.soap.update_pre_conditioner(g, self.soap.state[p], step=step, max_precondition_dim=MAX_DIM)
+                accumulate(g, self.soap.state[p])
             return None
         orders, signs, offset = [], [], 0
         for p, g in zip(self.params, grads):
             state = self.soap.state[p]
             old_bases = state["Q"]
             state["exp_avg_sq"] = torch.arange(g.numel(), device=g.device).view(g.shape)
-            self.soap.update_pre_conditioner(g, state, step=step, max_precondition_dim=MAX_DIM)
+            accumulate(g, state)
+            state["Q"] = self.soap.get_orthogonal_matrix_qr(state, max_precondition_dim=MAX_DIM)
             order = state.pop("exp_avg_sq").reshape(-1)
             signs.append(torch.where(alignment(state["Q"], old_bases, g.shape, order) < 0, -1.0, 1.0).to(g.dtype))
             orders.append(order + offset)
@@ -84,6 +90,53 @@ class ShampooBasis:
 
     def load_state_dict(self, state: dict) -> None:
         self.soap.load_state_dict(state)
+
+
+def accumulate(grad: torch.Tensor, state: dict) -> None:
+    """Fold a gradient into a tensor's Shampoo statistics (SOAP's state["GG"]: one running average per dimension,
+    an empty list where a dimension has none), as SOAP's `update_pre_conditioner` does."""
+    grams = gram_matrices(grad, [len(average) > 0 for average in state["GG"]])
+    for average, gram in zip(state["GG"], grams):
+        if gram is not None:
+            average.lerp_(gram, 1 - BETA)
+
+
+def gram_matrices(tensor: torch.Tensor, wanted: list[bool]) -> list:
+    """For each wanted dimension d, the Gram matrix of the tensor's slices along d (the sum over every other index
+    of x[.., i, ..] x[.., j, ..]); None elsewhere. SOAP takes each as a tensordot over the other dimensions, which
+    copies the tensor twice for every dimension but the first. Here the first and last take no copy, a middle one
+    one copy, and a conv kernel's two small dimensions are read off one Gram matrix of their joint index (its two
+    partial traces)."""
+    shape, dims = tensor.shape, tensor.dim()
+    kernel = dims >= 3 and wanted[-1] and wanted[-2] and shape[-1] * shape[-2] <= KERNEL
+    grams = [None] * dims
+    for dim in range(dims - 2 if kernel else dims):
+        if wanted[dim]:
+            rows = (tensor.reshape(-1, shape[dim]).T if dim == dims - 1 else
+                    tensor.movedim(dim, 0).reshape(shape[dim], -1))
+            grams[dim] = rows @ rows.T
+    if kernel:
+        height, width = shape[-2:]
+        columns = tensor.reshape(-1, height * width)
+        joint = (columns.T @ columns).view(height, width, height, width)
+        grams[-2] = joint.diagonal(dim1=1, dim2=3).sum(-1)
+        grams[-1] = joint.diagonal(dim1=0, dim2=2).sum(-1)
+    return grams
+
+
+def project(tensor: torch.Tensor, bases: list, back: bool = False) -> torch.Tensor:
+    """The tensor's coordinates in the basis (back: a tensor given in the basis, in its own coordinates): along each
+    dimension with a basis Q, Qᵀx (back: Qx); an empty basis leaves its dimension as it is. This is SOAP's
+    `project` (one tensordot per dimension, each a pass over the whole tensor) except for a conv kernel: its two small
+    dimensions are rotated as one, by the Kronecker product of their bases, in one pass instead of two."""
+    sizes, bases = list(tensor.shape), list(bases)
+    if len(sizes) >= 3 and len(bases[-1]) and len(bases[-2]) and sizes[-1] * sizes[-2] <= KERNEL:
+        sizes[-2:] = [sizes[-2] * sizes[-1]]
+        bases[-2:] = [torch.kron(bases[-2], bases[-1])]
+    x = tensor.reshape(sizes)
+    for basis in bases:  # each turn moves the first dimension to the end, rotated
+        x = torch.tensordot(x, basis, dims=[[0], [1 if back else 0]]) if len(basis) else x.movedim(0, -1)
+    return x.reshape(tensor.shape)
 
 
 def alignment(new_bases: list, old_bases: list, shape: torch.Size, order: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from metaopt import basis as basis_module
-from metaopt.basis import FREQUENCY, ShampooBasis, alignment
+from metaopt.basis import BETA, FREQUENCY, KERNEL, ShampooBasis, accumulate, alignment, project
 from metaopt.errors import UserError
 from metaopt.lstm import LSTMConfig, LSTMOptimizerNet
 from metaopt.optim import PRETRAINED, LSTMOptimizer, follow_basis, load_lopt, lopt_blob, save_lopt
@@ -37,6 +37,46 @@ def test_rotating_an_update_back_is_exact():
     rotated = basis.rotate([g])[0]
     assert not torch.allclose(rotated, g)
     assert torch.allclose(basis.unrotate([rotated])[0], g, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, empty", [
+    ((6, 4, 5, 5), ()),  # a conv weight: its kernel dimensions rotated as one
+    ((6, 4, 5, 5), (2,)),  # a kernel dimension without a basis: each rotated on its own
+    ((3, 9, 9), ()),  # the last two multiply past KERNEL
+    ((7, 5), (0,)), ((7, 5), (1,)), ((1, 4, 1, 1), ()), ((8,), (0,)), ((2, 3, 4, 2, 2), (1,)),
+])
+def test_the_rotation_is_soaps_projection(shape, empty):
+    from pytorch_optimizer import SOAP
+
+    gen = torch.Generator().manual_seed(0)
+    bases = [[] if dim in empty else torch.linalg.qr(torch.randn(n, n, generator=gen))[0]
+             for dim, n in enumerate(shape)]
+    soap = SOAP([nn.Parameter(torch.zeros(1))])
+    x = torch.randn(shape, generator=gen)
+    for back, direction in ((False, "forward"), (True, "backward")):
+        expected = soap.project(x, {"Q": bases}, project_type=direction)
+        assert torch.allclose(project(x, bases, back=back), expected, atol=1e-5)
+    assert torch.allclose(project(project(x, bases), bases, back=True), x, atol=1e-5)
+    assert 9 * 9 > KERNEL >= 5 * 5
+
+
+# A dimension longer than 8 keeps no statistics here: (3, 9, 9) and (12, 3, 2) have such dimensions.
+@pytest.mark.parametrize("shape", [(6, 4, 5, 5), (3, 9, 9), (12, 3, 2), (5, 3, 1), (7, 5), (1, 4, 1, 1), (8,),
+                                   (2, 3, 4, 2, 2)])
+def test_the_statistics_are_soaps(shape):
+    from pytorch_optimizer import SOAP
+
+    gen = torch.Generator().manual_seed(0)
+    soap = SOAP([nn.Parameter(torch.zeros(1))])
+    ours, theirs = {}, {}
+    for state in (ours, theirs):
+        soap.init_pre_conditioner(torch.zeros(shape), state, shampoo_beta=BETA, max_precondition_dim=8)
+    for _ in range(2):
+        g = torch.randn(shape, generator=gen)
+        accumulate(g, ours)
+        soap.update_pre_conditioner(g, theirs, step=1, max_precondition_dim=8)
+    for mine, expected in zip(ours["GG"], theirs["GG"]):
+        assert (not len(mine) and not len(expected)) or torch.allclose(mine, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_refresh_reports_how_it_reordered_the_coordinates():
