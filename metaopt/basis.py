@@ -15,7 +15,7 @@ re-sorts its second moment when a refresh re-sorts the basis, whereas all of a l
 the basis. So `refresh` reports how the coordinates moved: the new order, and which directions the refresh's QR
 turned around (metaopt.optim.follow_basis carries the state over). And the work a step does over every coordinate,
 the statistics (`gram_matrices`) and the two rotations (`project`), is SOAP's math in fewer passes over a conv
-weight: it was about two fifths of the learned optimizer's step at paper scale (docs/speed.md).
+weight: SOAP's way took over a third of the learned optimizer's own step at paper scale (docs/speed.md).
 """
 from __future__ import annotations
 
