@@ -113,9 +113,7 @@ def steps_per_round(lopts: dict) -> int:
     """How many consecutive steps one timing covers: a learned optimizer in the Shampoo basis refreshes its basis
     every basis.FREQUENCY steps, at a cost several ordinary steps long, so its rounds time whole refresh periods
     (a median of single steps would leave the refresh out); 1 when no optimizer has a period."""
-    files = [source["lopt"] for source in lopts.values() if isinstance(source["lopt"], str)]  # fresh ones: no basis
-    in_basis = any(load_lopt(file)[1].get("basis") == "shampoo" for file in files)
-    return FREQUENCY if in_basis else 1
+    return FREQUENCY if any(source["basis"] == "shampoo" for source in lopts.values()) else 1
 
 
 class PeakMemory:
@@ -392,30 +390,35 @@ def check_meta(cfg: dict) -> None:
 
 
 def lopt_sources(cfg: dict) -> tuple[dict, dict]:
-    """({name: {"lopt": file or {"arch": a}, "compile": bool}}, {name: how the report describes it}) of the
-    learned optimizers to time: --lopt FILE alone, or one per entry of `archs` (the shipped file where its arch
-    matches, else fresh); each once per entry of `compile` (False: the eager step, True: metaopt.fused)."""
+    """({name: {"lopt": file or {"arch": a}, "compile": bool, "basis": the basis it runs in}}, {name: how the report
+    describes it}) of the learned optimizers to time: --lopt FILE alone, or one per entry of `archs` (the shipped file
+    where its arch matches, else fresh, in the coordinate basis); each once per entry of `compile` (False: the eager
+    step, True: metaopt.fused)."""
     modes = [{"true": True, "false": False}.get(str(c).lower()) for c in cfg["compile"]]  # "--compile false,true"
     if not modes or None in modes:
         raise UserError(f"compile must be a non-empty list of true/false, got {cfg['compile']!r}")
     if cfg["lopt"] is not None:
-        arch = load_lopt(cfg["lopt"])[0].cfg.arch
-        files = {arch: (str(cfg["lopt"]), str(cfg["lopt"]))}
+        net, blob = load_lopt(cfg["lopt"])
+        files = {net.cfg.arch: (str(cfg["lopt"]), str(cfg["lopt"]), blob.get("basis", "coordinate"))}
     else:
         unknown = [a for a in cfg["archs"] if a not in ARCHS]
         if unknown or not cfg["archs"]:
             raise UserError(f"archs must be a non-empty list of {', '.join(ARCHS)}, got {cfg['archs']!r}")
         # Time the shipped file of each arch (lopt.pt, lopt-tensor.pt), else a fresh network of that arch.
-        shipped = {load_lopt(path)[0].cfg.arch: path for path in (PRETRAINED.parent / "lopt-tensor.pt", PRETRAINED)
-                   if path.is_file()}
-        files = {arch: (str(shipped[arch]), f"shipped metaopt/pretrained/{shipped[arch].name}") if arch in shipped else
-                 ({"arch": arch}, f"fresh LSTMConfig(arch={arch!r}) network (a step's cost does not depend on weights)")
+        shipped = {}
+        for path in (PRETRAINED.parent / "lopt-tensor.pt", PRETRAINED):
+            if path.is_file():
+                net, blob = load_lopt(path)
+                shipped[net.cfg.arch] = (str(path), f"shipped metaopt/pretrained/{path.name}",
+                                         blob.get("basis", "coordinate"))
+        files = {arch: shipped.get(arch) or ({"arch": arch}, f"fresh LSTMConfig(arch={arch!r}) network (a step's cost "
+                                             "does not depend on weights)", "coordinate")
                  for arch in cfg["archs"]}
     sources, names = {}, {}
-    for arch, (source, described) in files.items():
+    for arch, (source, described, basis) in files.items():
         for compiled in modes:
             name = f"lstm-{arch}" + ("-compiled" if compiled else "")
-            sources[name] = {"lopt": source, "compile": compiled}
+            sources[name] = {"lopt": source, "compile": compiled, "basis": basis}
             names[name] = described + (", compiled step (metaopt.fused)" if compiled else ", eager step")
     return sources, names
 

@@ -147,8 +147,11 @@ def test_rounds_span_a_basis_refresh_only_when_an_optimizer_has_one(tmp_path):
     from metaopt.optim import PRETRAINED, save_lopt
     coordinate = tmp_path / "coordinate.pt"
     save_lopt(LSTMOptimizerNet(LSTMConfig(hidden=4)), coordinate, lr=1e-3)
-    assert bench.steps_per_round({"fresh": {"lopt": {"arch": "tensor"}}, "file": {"lopt": str(coordinate)}}) == 1
-    assert bench.steps_per_round({"shipped": {"lopt": str(PRETRAINED)}}) == FREQUENCY
+    config = "bench/default.yaml"
+    coordinate_files = {**bench.lopt_sources(parse_config(["--archs", "tensor"], config, ""))[0],
+                        **bench.lopt_sources(parse_config(["--lopt", str(coordinate)], config, ""))[0]}
+    assert bench.steps_per_round(coordinate_files) == 1
+    assert bench.steps_per_round(bench.lopt_sources(parse_config(["--lopt", str(PRETRAINED)], config, ""))[0]) == FREQUENCY
 
 
 def test_step_seconds_times_each_optimizer_step_through_the_hooks_and_rounds_take_the_median(monkeypatch):
