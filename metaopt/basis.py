@@ -92,6 +92,11 @@ class ShampooBasis:
         self.soap.load_state_dict(state)
 
 
+def joins_kernel(shape: torch.Size, has_basis: list[bool]) -> bool:
+    """Whether the last two dimensions are handled as one (KERNEL): both have a basis and they are a small kernel."""
+    return len(shape) >= 3 and has_basis[-1] and has_basis[-2] and shape[-1] * shape[-2] <= KERNEL
+
+
 def accumulate(grad: torch.Tensor, state: dict) -> None:
     """Fold a gradient into a tensor's Shampoo statistics (SOAP's state["GG"]: one running average per dimension,
     an empty list where a dimension has none), as SOAP's `update_pre_conditioner` does."""
@@ -108,7 +113,7 @@ def gram_matrices(tensor: torch.Tensor, wanted: list[bool]) -> list:
     one copy, and a conv kernel's two small dimensions are read off one Gram matrix of their joint index (its two
     partial traces)."""
     shape, dims = tensor.shape, tensor.dim()
-    kernel = dims >= 3 and wanted[-1] and wanted[-2] and shape[-1] * shape[-2] <= KERNEL
+    kernel = joins_kernel(shape, wanted)
     grams = [None] * dims
     for dim in range(dims - 2 if kernel else dims):
         if wanted[dim]:
@@ -130,7 +135,7 @@ def project(tensor: torch.Tensor, bases: list, back: bool = False) -> torch.Tens
     `project` (one tensordot per dimension, each a pass over the whole tensor) except for a conv kernel: its two small
     dimensions are rotated as one, by the Kronecker product of their bases, in one pass instead of two."""
     sizes, bases = list(tensor.shape), list(bases)
-    if len(sizes) >= 3 and len(bases[-1]) and len(bases[-2]) and sizes[-1] * sizes[-2] <= KERNEL:
+    if joins_kernel(tensor.shape, [len(basis) > 0 for basis in bases]):
         sizes[-2:] = [sizes[-2] * sizes[-1]]
         bases[-2:] = [torch.kron(bases[-2], bases[-1])]
     x = tensor.reshape(sizes)
