@@ -47,7 +47,7 @@ def main(argv=None):
     if args.basis is not None:
         meta["basis_set_by"] = "experiments/rewrite_lopt.py"
     save_lopt(net, args.dst, lr=blob["lr"] if args.lr is None else args.lr, meta=meta,
-              max_fan_in=blob.get("max_fan_in"), basis=args.basis or blob.get("basis"))
+              max_fan_in=blob.get("max_fan_in"), basis=args.basis or blob["basis"])
     print(f"wrote {args.dst}")
 
 

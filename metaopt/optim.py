@@ -77,7 +77,8 @@ def fan_in_scales(params, max_fan_in: int | None) -> list[float]:
 
 
 def load_lopt(lopt: str | Path | dict | None) -> tuple[LSTMOptimizerNet, dict]:
-    """Path (None = the shipped pretrained file) or blob dict -> (network, blob). UserError if unusable."""
+    """Path (None = the shipped pretrained file) or blob dict -> (network, blob with "lr" a float and "basis" filled
+    in). UserError if unusable."""
     if lopt is None:
         lopt = PRETRAINED
     name = "learned optimizer" if isinstance(lopt, dict) else f"learned optimizer {lopt}"
@@ -99,9 +100,10 @@ def load_lopt(lopt: str | Path | dict | None) -> tuple[LSTMOptimizerNet, dict]:
     max_fan_in = blob.get("max_fan_in")
     if max_fan_in is not None and (isinstance(max_fan_in, bool) or not isinstance(max_fan_in, int) or max_fan_in < 1):
         raise UserError(f"{name} has max_fan_in {max_fan_in!r}; expected a positive integer")
-    if blob.get("basis", "coordinate") not in BASES:
-        raise UserError(f"{name} has basis {blob.get('basis')!r}; this code knows {', '.join(BASES)}")
-    return net, {**blob, "lr": lr}
+    basis = blob.get("basis", "coordinate")  # files written before bases existed run in the coordinate basis
+    if basis not in BASES:
+        raise UserError(f"{name} has basis {basis!r}; this code knows {', '.join(BASES)}")
+    return net, {**blob, "lr": lr, "basis": basis}
 
 
 class LSTMOptimizer(torch.optim.Optimizer):
@@ -126,7 +128,7 @@ class LSTMOptimizer(torch.optim.Optimizer):
                  compile: bool = False, horizon: int | None = None, basis: str | None = None):
         self.net, self.blob = load_lopt(lopt)
         if basis is None:
-            basis = self.blob.get("basis", "coordinate")
+            basis = self.blob["basis"]
         if basis not in BASES:
             raise UserError(f"basis must be one of {', '.join(BASES)}, got {basis!r}")
         if basis != "coordinate" and "param_scale" in self.net.cfg.features:

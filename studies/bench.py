@@ -12,6 +12,8 @@ Prints one JSON object (and writes it to `--out`). Per codec scale (paper: bmshj
   * optimizer_in_step_s, rest_of_step_s — step_time_s split into the optimizer's step (timed through torch.optim's
     step hooks, medians over the same rounds) and the rest: the forward and backward passes are the same work for
     every optimizer, so their spread between runs shows in rest_of_step_s, apart from the optimizer's own cost;
+  * step_time_rounds_s, optimizer_in_step_rounds_s — the seconds per step of every timed round, in time order,
+    behind those medians: how far one round strays from the next on this machine;
   * update_time_s — Adam.step vs LSTMOptimizer.step alone on the same (clipped) gradients, in the same rounds;
   * compile_wait_s — (compiled steps) the first training step's extra seconds in a fresh process on an empty
     inductor cache, and in a second fresh process on the cache the first left: what a first and a later run wait;
@@ -66,11 +68,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(fns: dict, repeats: int, warmup: int, device: torch.device,
-                        calls_per_round: int = 1) -> dict[str, float]:
-    """Median over rounds of each function's mean wall seconds per call. Every round calls each function
-    `calls_per_round` times in a row, in alternating order, so that load from other processes and cache effects hit
-    all of them alike; `warmup` rounds are untimed."""
+def interleaved_rounds(fns: dict, repeats: int, warmup: int, device: torch.device,
+                       calls_per_round: int = 1) -> dict[str, list[float]]:
+    """Each function's mean wall seconds per call in each of `repeats` timed rounds. Every round calls each
+    function `calls_per_round` times in a row, in alternating order, so that load from other processes and cache
+    effects hit all of them alike; `warmup` rounds are untimed."""
     names = list(fns)
     times = {name: [] for name in names}
     for round_ in range(warmup + repeats):
@@ -82,7 +84,11 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int, device: torch.devi
             synchronize(device)
             if round_ >= warmup:
                 times[name].append((time.perf_counter() - start) / calls_per_round)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def medians(rounds: dict[str, list[float]]) -> dict[str, float]:
+    return {name: statistics.median(seconds) for name, seconds in rounds.items()}
 
 
 def step_seconds(optimizer: torch.optim.Optimizer, device: torch.device) -> list[float]:
@@ -102,11 +108,10 @@ def step_seconds(optimizer: torch.optim.Optimizer, device: torch.device) -> list
     return seconds
 
 
-def median_of_round_means(calls: list[float], repeats: int, calls_per_round: int) -> float:
-    """The median over the last `repeats` rounds of the mean of each round's `calls_per_round` calls."""
+def round_means(calls: list[float], repeats: int, calls_per_round: int) -> list[float]:
+    """The mean of each of the last `repeats` rounds of `calls_per_round` calls."""
     timed = calls[len(calls) - repeats * calls_per_round:]
-    return statistics.median(statistics.fmean(timed[i:i + calls_per_round])
-                             for i in range(0, len(timed), calls_per_round))
+    return [statistics.fmean(timed[i:i + calls_per_round]) for i in range(0, len(timed), calls_per_round)]
 
 
 def steps_per_round(lopts: dict) -> int:
@@ -258,10 +263,11 @@ def measure_scale(scale: dict, spec: dict) -> dict:
     runs = {name: codec_run(scale, name, spec) for name in names}
     net_params = sum(p.numel() for p in runs["adam"].net_params)
     optimizer_calls = {name: step_seconds(run.optimizer, device) for name, run in runs.items()}
-    steps = interleaved_medians({name: run.step for name, run in runs.items()}, spec["repeats"], spec["warmup"],
-                                device, spec["steps_per_round"])
-    in_step = {name: median_of_round_means(calls, spec["repeats"], spec["steps_per_round"])
-               for name, calls in optimizer_calls.items()}
+    step_rounds = interleaved_rounds({name: run.step for name, run in runs.items()}, spec["repeats"],
+                                     spec["warmup"], device, spec["steps_per_round"])
+    in_step_rounds = {name: round_means(calls, spec["repeats"], spec["steps_per_round"])
+                      for name, calls in optimizer_calls.items()}
+    steps, in_step = medians(step_rounds), medians(in_step_rounds)
     # A skipped update (a non-finite gradient) costs next to nothing: timings with any would flatter the optimizer.
     skipped = {name: runs[name].optimizer.skipped_updates for name in spec["lopts"]}
     # The optimizer update alone, all on copies of Adam's last clipped gradients.
@@ -273,7 +279,7 @@ def measure_scale(scale: dict, spec: dict) -> dict:
             p.grad = g.clone()
         updates[name] = make_optimizer(name, params, spec).step
     del runs
-    update = interleaved_medians(updates, spec["repeats"], spec["warmup"], device, spec["steps_per_round"])
+    update = medians(interleaved_rounds(updates, spec["repeats"], spec["warmup"], device, spec["steps_per_round"]))
     memory = {name: run_probe("codec", {**spec, "scale": scale, "optimizer": name})["peak_mem_bytes"] / MB
               for name in names}
     compile_wait = {name: measure_compile_wait(scale, spec, name) for name in spec["lopts"]
@@ -282,6 +288,7 @@ def measure_scale(scale: dict, spec: dict) -> dict:
     return {**scale, "net_params": net_params, "compile_wait_s": compile_wait,
             "step_time_s": steps, "step_time_ratio_over_adam": over_adam(steps), "skipped_updates": skipped,
             "optimizer_in_step_s": in_step, "rest_of_step_s": {name: steps[name] - in_step[name] for name in names},
+            "step_time_rounds_s": step_rounds, "optimizer_in_step_rounds_s": in_step_rounds,
             "update_time_s": update, "update_time_ratio_over_adam": over_adam(update),
             "peak_mem_mb": memory, "peak_mem_ratio_over_adam": over_adam(memory)}
 
@@ -399,7 +406,7 @@ def lopt_sources(cfg: dict) -> tuple[dict, dict]:
         raise UserError(f"compile must be a non-empty list of true/false, got {cfg['compile']!r}")
     if cfg["lopt"] is not None:
         net, blob = load_lopt(cfg["lopt"])
-        files = {net.cfg.arch: (str(cfg["lopt"]), str(cfg["lopt"]), blob.get("basis", "coordinate"))}
+        files = {net.cfg.arch: (str(cfg["lopt"]), str(cfg["lopt"]), blob["basis"])}
     else:
         unknown = [a for a in cfg["archs"] if a not in ARCHS]
         if unknown or not cfg["archs"]:
@@ -409,8 +416,7 @@ def lopt_sources(cfg: dict) -> tuple[dict, dict]:
         for path in (PRETRAINED.parent / "lopt-tensor.pt", PRETRAINED):
             if path.is_file():
                 net, blob = load_lopt(path)
-                shipped[net.cfg.arch] = (str(path), f"shipped metaopt/pretrained/{path.name}",
-                                         blob.get("basis", "coordinate"))
+                shipped[net.cfg.arch] = (str(path), f"shipped metaopt/pretrained/{path.name}", blob["basis"])
         files = {arch: shipped.get(arch) or ({"arch": arch}, f"fresh LSTMConfig(arch={arch!r}) network (a step's cost "
                                              "does not depend on weights)", "coordinate")
                  for arch in cfg["archs"]}

@@ -120,9 +120,10 @@ def bench_section(results: Path) -> list[str]:
         out += [f"### [{path.relative_to(results)}](results/{path.relative_to(results)})", "",
                 f"{m['device_name']}, torch {m['torch']}, torch threads: {m['threads']}, load average "
                 f"{_fmt(m['load_avg_1min_start'], 2)} → {_fmt(m['load_avg_1min_end'], 2)}. "
-                + (f"Each repeat times {rounds} steps in a row (a whole refresh period of the basis)."
+                + f"Medians over {bench['settings']['repeats']} timed repeats; "
+                + (f"each times {rounds} steps in a row (a whole refresh period of the basis)."
                    if (rounds := bench["settings"].get("steps_per_round", 1)) > 1
-                   else "Each repeat times one step."), ""]
+                   else "each times one step."), ""]
         rows = []
         for scale, c in bench["codec"].items():
             for i, (opt, step) in enumerate(c["step_time_s"].items()):
