@@ -24,8 +24,8 @@ Meta-training, through the real code (`metaopt.meta_train.build_family`/`lstm_co
 `unroll`, then the meta-Adam step of metaopt.meta_train) on one small codec task: time per meta-step, peak
 memory and the meta-loss's autograd-graph size vs the truncation length K and vs the total horizon (1x and
 `meta_horizon_multiple`x at a fixed K), each run in a fresh subprocess.
-The machine (device, torch version, threads, 1-minute load average at start and end) is recorded so a reader
-can judge contention.
+The machine (device, torch version, threads, the environment variables that steer the allocator, thread pools and
+compiler, 1-minute load average at start and end) is recorded so a reader can judge contention and repeat a run.
 """
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ from metaopt.unroll import start_task, unroll
 MB = 2**20
 SCALES = ("paper", "cpu")
 STEP_GOAL = {"cpu": 1.10, "cuda": 1.05}  # the goal for LSTM/Adam training-step time at paper scale
+TIMING_ENV = ("MALLOC_", "OMP_", "MKL_", "KMP_", "TORCHINDUCTOR_", "CUDA_", "PYTORCH_")  # prefixes of machine.env
 FLAT_GOAL = 1.10    # the goal for meta-training peak memory at 10x the horizon, relative to 1x
 
 
@@ -435,8 +436,10 @@ def machine(device: torch.device, threads: int) -> dict:
     else:
         name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                     platform.processor() or platform.machine())
+    # Variables that change how the allocator, the thread pools or the compiler behave, so a run can be repeated.
+    env = {key: value for key, value in os.environ.items() if key.startswith(TIMING_ENV)}
     return {"device": device.type, "device_name": name, "torch": torch.__version__, "threads": threads,
-            "cpu_count": os.cpu_count(), "load_avg_1min_start": os.getloadavg()[0]}
+            "cpu_count": os.cpu_count(), "env": env, "load_avg_1min_start": os.getloadavg()[0]}
 
 
 @cli_entry

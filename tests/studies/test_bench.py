@@ -79,6 +79,13 @@ def test_meta_training_memory_does_not_grow_with_the_horizon(report):
     assert ten["peak_mem_mb"] <= 2 * one["peak_mem_mb"] + 24, (one["peak_mem_mb"], ten["peak_mem_mb"])
 
 
+def test_the_machine_records_the_variables_that_steer_timing(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "33554432")
+    monkeypatch.setenv("UNRELATED_TO_TIMING", "x")
+    env = bench.machine(bench.torch.device("cpu"), 1)["env"]
+    assert env["MALLOC_MMAP_THRESHOLD_"] == "33554432" and "UNRELATED_TO_TIMING" not in env
+
+
 def test_cpu_scale_defaults_to_the_codec_default_config():
     cfg = parse_config(["--scale", "cpu"], "bench/default.yaml", "")
     codec_default = read_yaml(CONFIG_DIR / "codec" / "default.yaml")
