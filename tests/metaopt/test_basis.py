@@ -204,6 +204,7 @@ def test_a_file_can_store_the_basis_it_runs_in(tmp_path):
     assert LSTMOptimizer(_model().parameters(), lopt=tmp_path / "lopt.pt").bases
     assert not LSTMOptimizer(_model().parameters(), lopt=tmp_path / "lopt.pt", basis="coordinate").bases
     assert not LSTMOptimizer(_model().parameters(), lopt=V1).bases  # a file without the key: coordinates as given
+    assert "basis" not in torch.load(V1, weights_only=False) and blob["basis"] == "coordinate"  # loading fills it in
     with pytest.raises(UserError, match="has basis 'eigen'"):
         load_lopt(lopt_blob(net, 1e-3, basis="eigen"))
 
