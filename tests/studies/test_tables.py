@@ -68,6 +68,19 @@ def test_real_photos_section_appears_with_its_folder(tmp_path):
     assert "PSNR difference at equal rate (the plain curve interpolated in log rate): 3.00 dB at 0.500 bpp." in text
 
 
+def test_screen_rows_come_from_each_runs_metrics(tmp_path):
+    assert tables.screens_section(tmp_path) == []
+    run = tmp_path / "lopt-v9" / "screen-sizes" / "n192-v9"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: m\nN: 192\nM: 320\nbatch_size: 8\ncrop: 64\ndistortion: rmse\n"
+                                     "seed: 1000\noptimizer: lstm\nlr: null\n")
+    logs = [{"step": 10 * i, "loss": float(i), "skipped_steps": 0, "wall_time": 5.0 * i} for i in range(1, 7)]
+    logs[-1].update(val_loss=8.5)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logs))
+    text = "\n".join(tables.screens_section(tmp_path))
+    assert "| n192-v9 | m N=192 M=320 | 8×64² | rmse | 1000 | lstm | stored | 60 | 4.00 | 8.50 | 0 | 30.0 |" in text
+
+
 def test_race_rows_come_from_its_summary(tmp_path):
     mark = lambda rd, psnr: {"mark": 60, "rd_loss": rd, "bpp": 0.2, "psnr": psnr, "ms_ssim": 0.9,  # noqa: E731
                              "bd_rate_vs_jpeg": None, "psnr_gain_vs_jpeg": psnr - 24.0}
