@@ -82,16 +82,20 @@ class Trainer:
     guard: SpikeGuard | None
 
 
+WINDOW_MEANS = ("loss", "bpp", "mse", "step_time", "opt_step_time")
+
+
 def empty_window() -> dict:
-    return {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
+    return {**{name: 0.0 for name in WINDOW_MEANS}, "n": 0}
 
 
 @dataclass
 class TrainState:
     """A run's progress; everything but `started` is in the checkpoint, so a resume continues exactly.
 
-    loss/bpp/mse are logged as means over the steps since the previous row (smoother curves, no cherry-picked
-    single batch): `window` holds their partial sums.
+    loss/bpp/mse and the step times are logged as means over the updated steps since the previous row (smoother
+    curves, no cherry-picked single batch; an optimizer whose dear steps recur with the logging period, such as a
+    basis refresh every 10th step, would otherwise log only those or none of them): `window` holds their partial sums.
     """
     step: int = 0
     best_val: float = math.inf
@@ -148,8 +152,9 @@ def resume_from(path: Path, trainer: Trainer) -> TrainState:
     ckpt_io.set_rng_state(ckpt["rng"])
     if trainer.guard is not None and "spike_guard" in ckpt:
         trainer.guard.load_state_dict(ckpt["spike_guard"])
+    window = {**empty_window(), **ckpt["window"]}  # checkpoints from before the window held the step times
     return TrainState(step=ckpt["step"], best_val=ckpt["best_val"], elapsed=ckpt["elapsed"],
-                      skipped=ckpt["skipped_steps"], streak=ckpt.get("nonfinite_streak", 0), window=ckpt["window"],
+                      skipped=ckpt["skipped_steps"], streak=ckpt.get("nonfinite_streak", 0), window=window,
                       marks=ckpt.get("marks", 0))
 
 
@@ -194,11 +199,11 @@ def apply_update(trainer: Trainer, step: int) -> float:
 
 def train_one_step(trainer: Trainer, state: TrainState, x: torch.Tensor) -> dict:
     """The plain training step of `metaopt.training`, except that a loss spike (with the guard on) rolls back and
-    a non-finite loss skips the network update; returns the step's aux loss and timings."""
+    a non-finite loss skips the network update; returns the step's aux loss (its timings go to the window)."""
     start, guard, model = time.perf_counter(), trainer.guard, trainer.model
     terms = backward(trainer.optimizer, lambda: trainer.loss_fn(model(x), x))
     loss_value = float(terms["loss"].detach()) if guard is not None else None  # a host sync, as is the check below
-    opt_time = float("nan")
+    updated = False
     if guard is not None and guard.is_spike(loss_value):
         restored = guard.rollback()  # back to a state from before the spike; this batch's update is dropped
         tqdm.write(f"step {state.step + 1}: loss {loss_value:.4g} is a spike (median of the last {len(guard.losses)}: "
@@ -211,15 +216,18 @@ def train_one_step(trainer: Trainer, state: TrainState, x: torch.Tensor) -> dict
         trainer.optimizer.zero_grad(set_to_none=True)
     else:
         state.streak = 0
-        opt_time = apply_update(trainer, state.step)
+        state.window["opt_step_time"] += apply_update(trainer, state.step)
         for name in ("loss", "bpp", "mse"):
             state.window[name] += terms[name].detach()  # no .item() per step: that would sync the GPU
         state.window["n"] += 1
+        updated = True
         if guard is not None:
             guard.record(loss_value, state.step + 1)
     aux_loss = aux_step(trainer.aux_optimizer, model.aux_loss)
     state.step += 1
-    return {"aux_loss": aux_loss, "step_time": time.perf_counter() - start, "opt_step_time": opt_time}
+    if updated:
+        state.window["step_time"] += time.perf_counter() - start
+    return {"aux_loss": aux_loss}
 
 
 def diverged(trainer: Trainer, state: TrainState) -> str | None:
@@ -324,9 +332,9 @@ def log_mark(trainer: Trainer, state: TrainState, images: list[torch.Tensor], ru
 def metrics_row(trainer: Trainer, state: TrainState, figures: dict, stopped: bool) -> dict:
     """The row of the steps since the previous row (validation is added by `log_row`)."""
     window = state.window
-    row = {name: float(window[name]) / window["n"] if window["n"] else float("nan") for name in ("loss", "bpp", "mse")}
-    row.update(psnr=psnr(row["mse"]), aux_loss=float(figures["aux_loss"].detach()), step_time=figures["step_time"],
-               opt_step_time=figures["opt_step_time"], lr=trainer.optimizer.param_groups[0]["lr"],
+    row = {name: float(window[name]) / window["n"] if window["n"] else float("nan") for name in WINDOW_MEANS}
+    row.update(psnr=psnr(row["mse"]), aux_loss=float(figures["aux_loss"].detach()),
+               lr=trainer.optimizer.param_groups[0]["lr"],
                skipped_steps=state.skipped + getattr(trainer.optimizer, "skipped_updates", 0),
                wall_time=state.wall_time())
     if trainer.guard is not None:

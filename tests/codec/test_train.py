@@ -30,6 +30,21 @@ def test_train_writes_config_metrics_and_checkpoints(tmp_path, image_folder):
     assert "optimizer" in state and "aux_optimizer" in state and "rng" in state
 
 
+def test_step_times_are_logged_as_means_over_the_rows_steps(tmp_path, image_folder, monkeypatch):
+    """An update that is dear every other step (as a basis refresh is every 10th) logs at its mean, whatever step the
+    row falls on, not at the cost of the one step it was written at."""
+    real = codec.train.apply_update
+
+    def alternating(trainer, step):
+        real(trainer, step)
+        return 1.0 if step % 2 == 0 else 3.0
+
+    monkeypatch.setattr(codec.train, "apply_update", alternating)
+    rows = read_metrics(run(tmp_path, image_folder, "a", "--steps", "4") / "metrics.jsonl")
+    assert [r["opt_step_time"] for r in rows] == [2.0, 2.0]
+    assert all(0 < r["step_time"] for r in rows)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd", "adam --warmup-steps 6", "schedulefree", "soap",
                                        "adam --lr-schedule plateau", "adam --lr-schedule cosine"])
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, image_folder, monkeypatch, optimizer):
