@@ -404,10 +404,10 @@ def screens_section(results: Path) -> list[str]:
             trained = [r for r in metrics if "loss" in r]
             validated = [r for r in metrics if "val_loss" in r]
             last = trained[-1]
+            lr = _lr(cfg["lr"]) if cfg["lr"] is not None else "stored" if cfg["optimizer"] == "lstm" else "default"
             rows.append([path.parent.name, f"{cfg['model']} N={cfg['N']} M={cfg['M']}",
-                         f"{cfg['batch_size']}×{cfg['crop']}²", cfg["distortion"], cfg["seed"], cfg["optimizer"],
-                         _lr(cfg["lr"]) if cfg["lr"] is not None else "stored", last["step"],
-                         sum(r["loss"] for r in trained[-5:]) / len(trained[-5:]),
+                         f"{cfg['batch_size']}×{cfg['crop']}²", cfg["distortion"], cfg["seed"], cfg["optimizer"], lr,
+                         last["step"], sum(r["loss"] for r in trained[-5:]) / len(trained[-5:]),
                          validated[-1]["val_loss"] if validated else None, last.get("skipped_steps", 0),
                          last["wall_time"]])
         if rows:

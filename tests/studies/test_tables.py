@@ -77,8 +77,13 @@ def test_screen_rows_come_from_each_runs_metrics(tmp_path):
     logs = [{"step": 10 * i, "loss": float(i), "skipped_steps": 0, "wall_time": 5.0 * i} for i in range(1, 7)]
     logs[-1].update(val_loss=8.5)
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logs))
+    adam = run.parent / "n192-adam"
+    adam.mkdir()
+    (adam / "config.yaml").write_text((run / "config.yaml").read_text().replace("optimizer: lstm", "optimizer: adam"))
+    (adam / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text())
     text = "\n".join(tables.screens_section(tmp_path))
     assert "| n192-v9 | m N=192 M=320 | 8×64² | rmse | 1000 | lstm | stored | 60 | 4.00 | 8.50 | 0 | 30.0 |" in text
+    assert "| n192-adam | m N=192 M=320 | 8×64² | rmse | 1000 | adam | default | 60 |" in text  # its own default step
 
 
 def test_race_rows_come_from_its_summary(tmp_path):
